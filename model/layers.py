@@ -1,0 +1,125 @@
+"""The decoder's math as pure functions: norms, rotary embeddings, attention, feed-forward activations.
+Modules in decoder.py hold parameters and call these. Conventions follow transformers (rotate-half RoPE,
+float32 norms and softmax), which the tests use as the oracle."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .config import RopeConfig
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # the statistics in float32 whatever the compute dtype, then scale in the input dtype (as transformers)
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rope_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
+    """Inverse frequencies [d_rot/2] in float32, with linear or llama3 scaling applied."""
+    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, d_rot, 2, dtype=torch.int64).float() / d_rot))
+    if rope.kind == "linear":
+        return inv_freq / rope.factor
+    if rope.kind == "llama3":
+        # wavelengths longer than the original context are stretched by `factor`, short ones kept,
+        # the band between blended smoothly (Llama 3.1's recipe)
+        low_wavelen = rope.original_max_positions / rope.low_freq_factor
+        high_wavelen = rope.original_max_positions / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (rope.original_max_positions / wavelen - rope.low_freq_factor) / (
+            rope.high_freq_factor - rope.low_freq_factor
+        )
+        blended = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, blended, scaled)
+    return inv_freq
+
+
+def rope_cos_sin(
+    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [T, d_rot] for the given positions, computed in float32 then cast."""
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, d_rot/2]
+    emb = torch.cat((angles, angles), dim=-1)
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, d_rot]; cos/sin [T, d_rot]."""
+    return x * cos + rotate_half(x) * sin
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, H_kv, T, D] -> [B, H_kv * n_rep, T, D]: each KV head serves n_rep query heads (GQA)."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def attention_mask(q_positions: torch.Tensor, n_keys: int, window: int | None) -> torch.Tensor:
+    """Boolean [Tq, Tk], True where query i may attend to key j: causal, optionally a sliding window."""
+    k = torch.arange(n_keys, device=q_positions.device)[None, :]
+    q = q_positions[:, None]
+    allowed = k <= q
+    if window is not None:
+        allowed &= k > q - window
+    return allowed
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_positions: torch.Tensor,
+    scale: float,
+    window: int | None = None,
+    need_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal attention. q [B, H, Tq, Dk], k [B, Hkv, Tk, Dk], v [B, Hkv, Tk, Dv] -> [B, H, Tq, Dv].
+
+    With need_probs the probabilities [B, H, Tq, Tk] are computed eagerly (float32 softmax) and returned;
+    without, the fused SDPA kernel does the same math. Keys are the positions 0..Tk-1."""
+    n_rep = q.shape[1] // k.shape[1]
+    n_q, n_k = q.shape[2], k.shape[2]
+    if not need_probs:
+        if n_q == 1 and window is None:
+            mask = None  # one new token at the end sees every cached key
+            causal = False
+        elif n_q == n_k and window is None:
+            mask, causal = None, True
+        else:
+            mask, causal = attention_mask(q_positions, n_k, window), False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                             enable_gqa=n_rep > 1)
+        return out, None
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [B, H, Tq, Tk]
+    scores = scores.masked_fill(~attention_mask(q_positions, n_k, window), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs.to(v.dtype), v), probs
+
+
+def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "silu":
+        return F.silu(x)
+    if kind == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "relu":
+        return F.relu(x)
+    raise ValueError(f"unknown activation {kind!r}")

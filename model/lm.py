@@ -1,0 +1,162 @@
+"""LanguageModel: a decoder with its tokenizer; one-pass tracing and token-by-token generation that yields
+a Step per new token (what was chosen, from which distribution, and the Trace of the context so far)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .cache import KVCache
+from .config import ModelConfig
+from .decoder import Decoder
+from .sampling import SamplerSettings, entropy, sample
+from .tokenizer import Tokenizer
+from .trace import Trace, TraceRecorder
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token and the distribution it was drawn from."""
+
+    index: int  # 0 for the first new token
+    position: int  # its position in the context
+    token_id: int
+    text: str  # the new text this token completes (may be "" while a UTF-8 character is still partial)
+    prob: float  # its probability under the model's distribution (before temperature and cuts)
+    sampled_prob: float  # its probability in the distribution it was actually drawn from
+    entropy: float  # of the model's distribution, nats
+    top_ids: list[int]  # the model's most likely tokens, most likely first
+    top_probs: list[float]  # their probabilities before temperature / top-k / top-p
+    top_sampled_probs: list[float]  # after (0 where cut)
+    top_kept: list[bool]  # whether the sampler kept each
+    n_kept: int  # how many tokens of the vocabulary the sampler kept
+    kept_mass: float  # model probability mass of the kept tokens
+    finish_reason: str | None  # "stop" (an end-of-generation token), "length", or None while going on
+    trace: Trace | None = None
+
+
+def _pick_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (tensor cores, half the memory traffic); float32 on the CPU, where it is exact and fastest
+    for a model of this size (bf16 matmuls are not faster on CPUs without AMX)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class LanguageModel:
+    def __init__(self, decoder: Decoder, tokenizer: Tokenizer, name: str, source: str) -> None:
+        self.decoder = decoder.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.decoder.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.embed.weight.dtype
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.decoder.parameters())
+
+    def __repr__(self) -> str:
+        return (f"LanguageModel({self.name!r}, {self.config.family}, {self.n_params / 1e6:.0f}M params, "
+                f"{self.device}, {str(self.dtype).removeprefix('torch.')})")
+
+    def prompt_ids(self, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
+        """Token ids of a prompt; with chat, the text is wrapped as a user message in the chat template."""
+        if not isinstance(prompt, str):
+            return [int(i) for i in prompt]
+        if chat:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(prompt)
+
+    def _tensor(self, ids: Sequence[int]) -> torch.Tensor:
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"token ids out of range 0..{self.config.vocab_size - 1}: {bad[:5]}")
+        return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+
+    @torch.inference_mode()
+    def trace(self, ids: Sequence[int]) -> Trace:
+        """One forward pass over ids with recording."""
+        if len(ids) == 0:
+            raise ValueError("cannot trace an empty sequence")
+        recorder = TraceRecorder(self.decoder, capacity=len(ids))
+        x = self._tensor(ids)
+        self.decoder(x, recorder=recorder, last_only=True)
+        recorder.commit(x[0])
+        return recorder.trace()
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        greedy: bool = False,
+        record: bool = False,
+        chat: bool = False,
+        top_n: int = 20,
+        stop_at_eos: bool = True,
+    ) -> Iterator[Step]:
+        """Yield one Step per new token. temperature 0 or greedy=True picks the most likely token."""
+        settings = SamplerSettings(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        ids = self.prompt_ids(prompt, chat)
+        if not ids:
+            raise ValueError("the prompt has no tokens")
+        return self._generate(ids, max_new_tokens, settings, seed, record, top_n, stop_at_eos)
+
+    @torch.inference_mode()
+    def _generate(
+        self, ids: list[int], max_new_tokens: int, settings: SamplerSettings, seed: int | None,
+        record: bool, top_n: int, stop_at_eos: bool,
+    ) -> Iterator[Step]:
+        generator = torch.Generator(device="cpu")
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        cache = KVCache(self.config.n_layers, initial_capacity=len(ids) + max_new_tokens)
+        recorder = TraceRecorder(self.decoder, capacity=len(ids) + max_new_tokens) if record else None
+        stream = self.tokenizer.text_stream()
+        stop_ids = self.tokenizer.stop_ids if stop_at_eos else frozenset()
+        x = self._tensor(ids)
+        position = len(ids)
+        for index in range(max_new_tokens):
+            logits = self.decoder(x, cache=cache, recorder=recorder, last_only=True)[0, -1].cpu()
+            if recorder is not None:
+                recorder.commit(x[0])
+            s = sample(logits, settings, generator)
+            top_probs, top_ids = torch.topk(s.probs, min(top_n, s.probs.shape[0]))
+            token = s.token_id
+            finish = "stop" if token in stop_ids else "length" if index == max_new_tokens - 1 else None
+            yield Step(
+                index=index, position=position, token_id=token, text=stream.push(token),
+                prob=float(s.probs[token]), sampled_prob=float(s.final_probs[token]), entropy=entropy(s.probs),
+                top_ids=top_ids.tolist(), top_probs=top_probs.tolist(),
+                top_sampled_probs=s.final_probs[top_ids].tolist(), top_kept=s.kept[top_ids].tolist(),
+                n_kept=int(s.kept.sum()), kept_mass=float(s.probs[s.kept].sum()), finish_reason=finish,
+                trace=recorder.trace() if recorder is not None else None,
+            )
+            if finish:
+                return
+            x = torch.tensor([[token]], dtype=torch.long, device=self.device)
+            position += 1

@@ -1,0 +1,58 @@
+"""load_model: the embedded default, a GGUF file, a Hugging Face directory, or a hub id."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..lm import LanguageModel, _pick_device, default_dtype
+from .embedded import EMBEDDED_NAME, embedded_gguf_path
+from .gguf_file import load_gguf
+from .hf_dir import PICKLE_SUFFIXES, load_hf_dir, refuse_pickle
+from .hub import fetch
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return default_dtype(device)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    source: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> LanguageModel:
+    """Load a model for tracing and generation.
+
+    source: None (the embedded SmolLM2-135M-Instruct GGUF), a .gguf file, a Hugging Face model directory,
+    or a hub id. device: default CUDA when available, else CPU. dtype: default bf16 on CUDA, float32 on CPU."""
+    if source is None:
+        path, label = embedded_gguf_path(), EMBEDDED_NAME
+    else:
+        path, label = Path(source).expanduser(), None
+    if path.is_dir():
+        decoder, tokenizer, name = load_hf_dir(path)
+    elif path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise refuse_pickle(path)
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path}: expected a .gguf file or a Hugging Face model directory")
+        decoder, tokenizer, name = load_gguf(path)
+    elif source is not None and HUB_ID.fullmatch(str(source)) and not str(source).endswith(".gguf"):
+        decoder, tokenizer, name = load_hf_dir(fetch(str(source)))
+        name = str(source)
+    else:
+        raise FileNotFoundError(f"no such model file or directory: {source}")
+    dev = _pick_device(device)
+    decoder = decoder.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    return LanguageModel(decoder, tokenizer, name=label or name, source=str(source or path))

@@ -1,0 +1,130 @@
+"""Declarative weight-name maps (checkpoint name -> decoder parameter) and strict loading into a Decoder.
+Every parameter is filled exactly once, shapes are checked, tensors the map does not know are an error."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from ..config import ModelConfig
+from ..decoder import Decoder
+
+Transform = Callable[[torch.Tensor], list[torch.Tensor]]
+
+
+class WeightLoadError(ValueError):
+    """The checkpoint's tensors do not fit the model its config describes."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    source: str  # regex over checkpoint names; groups are substituted into targets
+    targets: tuple[str, ...]  # decoder parameter names, with \1 style references
+    transform: Transform | None = None  # tensor -> one tensor per target; None = as stored
+
+
+def _same(t: torch.Tensor) -> list[torch.Tensor]:
+    return [t]
+
+
+def transpose(t: torch.Tensor) -> list[torch.Tensor]:
+    # GPT-2 stores Conv1D weights as [in, out]; nn.Linear wants [out, in]
+    return [t.t().contiguous()]
+
+
+def split3(dim: int) -> Transform:
+    def split(t: torch.Tensor) -> list[torch.Tensor]:
+        if t.dim() == 2 and dim == 1:  # fused Conv1D [in, 3*out]: split columns, then transpose
+            return [p.t().contiguous() for p in t.chunk(3, dim=1)]
+        return [p.contiguous() for p in t.chunk(3, dim=0)]
+
+    return split
+
+
+def load_weights(
+    cfg: ModelConfig,
+    names: Iterable[str],
+    get: Callable[[str], torch.Tensor],
+    rules: list[Rule],
+    ignore: tuple[str, ...] = (),
+) -> Decoder:
+    """Build a Decoder for cfg from tensors fetched by name through the rules (strict)."""
+    state: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for name in names:
+        if any(re.fullmatch(p, name) for p in ignore):
+            continue
+        for rule in rules:
+            m = re.fullmatch(rule.source, name)
+            if m:
+                tensors = (rule.transform or _same)(get(name))
+                for target, tensor in zip(rule.targets, tensors):
+                    key = m.expand(target)
+                    if key in state:
+                        raise WeightLoadError(f"parameter {key} filled twice (second time from {name})")
+                    state[key] = tensor
+                break
+        else:
+            unknown.append(name)
+    if unknown:
+        raise WeightLoadError(f"{len(unknown)} tensors in the checkpoint are not part of a {cfg.family} model: "
+                              f"{', '.join(unknown[:8])}")
+    return assign(cfg, state)
+
+
+def assign(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Decoder:
+    with torch.device("meta"):
+        decoder = Decoder(cfg)
+    expected = dict(decoder.named_parameters())
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise WeightLoadError(f"checkpoint does not match the config: missing {missing[:8]}, unexpected {extra[:8]}")
+    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(p.shape)}"
+           for k, p in expected.items() if state[k].shape != p.shape]
+    if bad:
+        raise WeightLoadError("tensor shapes do not match the config: " + "; ".join(bad[:8]))
+    dtype = next(iter(state.values())).dtype
+    decoder.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    return decoder
+
+
+def hf_rules(cfg: ModelConfig) -> tuple[list[Rule], tuple[str, ...]]:
+    """Rules and ignored names for transformers' checkpoint layout of cfg's family."""
+    if cfg.family == "gpt2":
+        p = r"(?:transformer\.)?"
+        rules = [
+            Rule(p + r"wte\.weight", ("embed.weight",)),
+            Rule(p + r"wpe\.weight", ("pos_embed.weight",)),
+            Rule(p + r"h\.(\d+)\.ln_1\.(weight|bias)", (r"blocks.\1.attn_norm.\2",)),
+            Rule(p + r"h\.(\d+)\.attn\.c_attn\.(weight|bias)",
+                 (r"blocks.\1.attn.wq.\2", r"blocks.\1.attn.wk.\2", r"blocks.\1.attn.wv.\2"), split3(1)),
+            Rule(p + r"h\.(\d+)\.attn\.c_proj\.weight", (r"blocks.\1.attn.wo.weight",), transpose),
+            Rule(p + r"h\.(\d+)\.attn\.c_proj\.bias", (r"blocks.\1.attn.wo.bias",)),
+            Rule(p + r"h\.(\d+)\.ln_2\.(weight|bias)", (r"blocks.\1.mlp_norm.\2",)),
+            Rule(p + r"h\.(\d+)\.mlp\.c_fc\.weight", (r"blocks.\1.mlp.w_up.weight",), transpose),
+            Rule(p + r"h\.(\d+)\.mlp\.c_fc\.bias", (r"blocks.\1.mlp.w_up.bias",)),
+            Rule(p + r"h\.(\d+)\.mlp\.c_proj\.weight", (r"blocks.\1.mlp.w_down.weight",), transpose),
+            Rule(p + r"h\.(\d+)\.mlp\.c_proj\.bias", (r"blocks.\1.mlp.w_down.bias",)),
+            Rule(p + r"ln_f\.(weight|bias)", (r"norm.\1",)),
+        ]
+        # attn.bias / masked_bias are causal-mask buffers saved by old versions; lm_head is tied to wte
+        return rules, (p + r"h\.\d+\.attn\.(?:masked_)?bias", r"lm_head\.weight")
+    L = r"model\.layers\.(\d+)\."
+    rules = [
+        Rule(r"model\.embed_tokens\.weight", ("embed.weight",)),
+        Rule(L + r"input_layernorm\.weight", (r"blocks.\1.attn_norm.weight",)),
+        Rule(L + r"self_attn\.(q|k|v|o)_proj\.(weight|bias)", (r"blocks.\1.attn.w\2.\3",)),
+        Rule(L + r"self_attn\.(q|k)_norm\.weight", (r"blocks.\1.attn.\2_norm.weight",)),
+        Rule(L + r"post_attention_layernorm\.weight", (r"blocks.\1.mlp_norm.weight",)),
+        Rule(L + r"mlp\.(gate|up|down)_proj\.(weight|bias)", (r"blocks.\1.mlp.w_\2.\3",)),
+        Rule(r"model\.norm\.weight", ("norm.weight",)),
+    ]
+    ignore: tuple[str, ...] = (L + r"self_attn\.rotary_emb\.inv_freq",)
+    if cfg.tie_embeddings:
+        ignore += (r"lm_head\.weight",)  # some tied checkpoints store the shared matrix twice
+    else:
+        rules.append(Rule(r"lm_head\.weight", ("lm_head.weight",)))
+    return rules, ignore

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random checkpoints written in the test, and the real embedded model (loaded once)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+
+def write_tiny_tokenizer(folder: Path) -> None:
+    """A byte-level BPE over the 256 byte symbols plus an end-of-text token; enough to run a tiny model."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+
+
+@pytest.fixture(scope="session")
+def embedded_lm():
+    from model import load_model
+
+    return load_model(device="cpu", dtype="float32")
