@@ -1,0 +1,89 @@
+"""Core benchmark on the embedded SmolLM2-135M-Instruct: cold load, prefill, decode with and without recording,
+against transformers (eager, output_attentions + output_hidden_states) on the same GGUF weights, in one run.
+Run: make bench   (or .venv/bin/python -m bench.core --tokens 64 --repeats 3)"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import transformers
+
+from model import load_model
+from model.loading.embedded import embedded_gguf_path
+
+PROMPT = "The history of the printing press begins in"
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cold_load(repeats: int) -> float:
+    code = "from model import load_model; load_model()"
+    return median_time(lambda: subprocess.run([sys.executable, "-c", code], check=True), repeats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    n = args.tokens
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, transformers {transformers.__version__}")
+
+    lm = load_model(device="cpu", dtype="float32")
+    path = embedded_gguf_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch.float32, attn_implementation="eager").eval()
+    ids = lm.tokenizer.encode(PROMPT)
+
+    def ours(record: bool):
+        return lambda: sum(1 for _ in lm.generate(ids, max_new_tokens=n, greedy=True, record=record,
+                                                  stop_at_eos=False))
+
+    def theirs(record: bool):
+        def run():
+            with torch.no_grad():
+                hf.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            output_attentions=record, output_hidden_states=record, return_dict_in_generate=True,
+                            pad_token_id=0)
+        return run
+
+    ours(False)(), theirs(False)()  # warm-up
+    rows = []
+    for label, record in (("decode, full recording", True), ("decode, no recording", False)):
+        t_ours = median_time(ours(record), args.repeats)
+        t_hf = median_time(theirs(record), args.repeats)
+        rows.append((label, n / t_ours, n / t_hf))
+
+    long_ids = (lm.tokenizer.encode(" the quick brown fox jumps over the lazy dog") * 40)[:256]
+    t_prefill = median_time(lambda: lm.trace(long_ids), args.repeats)
+    with torch.no_grad():
+        t_hf_prefill = median_time(lambda: hf(torch.tensor([long_ids]), output_attentions=True,
+                                               output_hidden_states=True), args.repeats)
+    rows.append(("prefill 256 tokens, recording (tok/s)", 256 / t_prefill, 256 / t_hf_prefill))
+
+    trace = lm.trace((long_ids * 4)[:1024])
+    weights = sum(p.numel() * p.element_size() for p in lm.decoder.parameters())
+
+    print(f"\n{'measure':42} {'ours':>10} {'transformers':>13} {'ratio':>7}")
+    for label, a, b in rows:
+        print(f"{label + ' (tok/s)' if 'tok/s' not in label else label:42} {a:10.1f} {b:13.1f} {a / b:6.2f}x")
+    print(f"{'time to first token, 256-token prompt (s)':42} {t_prefill:10.3f} {t_hf_prefill:13.3f}")
+    print(f"{'trace of 1,024 tokens (MiB)':42} {trace.nbytes / 2**20:10.1f}")
+    print(f"{'weights read per decoded token (MiB)':42} {weights / 2**20:10.1f}")
+    print(f"{'cold load, new process (s)':42} {cold_load(args.repeats):10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The explorer: per-session state, projections, pure views (Trace/Step -> plotly Figure or HTML), Gradio UI."""

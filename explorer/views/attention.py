@@ -1,0 +1,216 @@
+"""The Attention tab: a layers x heads overview grid, one head's full map (query row i, key column j), and the
+selected token's attention tinted over the text. Takes the [heads, T, T] tensors of Trace.attention(layer)."""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from model.tokenizer import Tokenizer
+from model.trace import Trace
+
+from . import style
+
+SINK_NOTE = "renormalised without the first token (the attention sink)"
+_TINT = (33, 113, 181)  # a dark blue of the Blues scale, so text tints match the maps
+
+
+def hide_first_token(attn: torch.Tensor) -> torch.Tensor:
+    """attn [..., q, k] with rows summing to 1 -> the same with key 0 zeroed and every row renormalised over the
+    other keys. A row whose mass was all on key 0 (always the case for query 0) becomes all zeros, not NaN."""
+    rest = attn.clone()
+    rest[..., 0] = 0
+    total = rest.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, rest / total.clamp_min(torch.finfo(rest.dtype).tiny), torch.zeros_like(rest))
+
+
+def _pool_matrices(n_tokens: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over the queries of each block [n, T], sum over the keys of each block [T, n])."""
+    edges = torch.linspace(0, n_tokens, n + 1).round().long()
+    block = torch.bucketize(torch.arange(n_tokens), edges[1:], right=True)  # block index of every token
+    member = torch.nn.functional.one_hot(block, n).to(torch.float32)  # [T, n]
+    return (member / member.sum(dim=0, keepdim=True)).T, member
+
+
+def pool_attention(attn: torch.Tensor, size: int,
+                   matrices: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """attn [H, T, T] -> [H, n, n], n = min(T, size): cell (a, b) is the mean over the queries of block a of the
+    attention mass they put on the keys of block b, so every row still sums to 1 and 0..1 stays the scale.
+    With T <= size it is the map itself. Blocks wholly in the future (b > a) are NaN."""
+    n_tokens = attn.shape[-1]
+    n = min(n_tokens, size)
+    mean_rows, member = matrices if matrices is not None else _pool_matrices(n_tokens, n)
+    pooled = mean_rows @ attn.to(torch.float32) @ member  # [H, n, n]
+    future = torch.ones(n, n, dtype=torch.bool).triu(1)
+    return pooled.masked_fill(future, float("nan"))
+
+
+def attention_grid_figure(
+    trace: Trace,
+    hide_sink: bool = False,
+    selected_layer: int | None = None,
+    selected_head: int | Literal["mean"] | None = None,
+    tile: int = 24,
+    height: int = 760,
+) -> go.Figure:
+    """Every layer (rows, layer 0 at the top) and head (columns) of the trace as one heatmap of small maps,
+    each pooled to tile x tile (see pool_attention) and separated by one blank cell."""
+    n_layers, n_tokens = trace.n_layers, len(trace)
+    n = min(n_tokens, tile)
+    stride = n + 1
+    matrices = _pool_matrices(n_tokens, n)
+    grid: np.ndarray | None = None
+    for layer in range(n_layers):
+        attn = trace.attention(layer)  # [H, T, T], recomputed: call once per layer
+        if hide_sink:
+            attn = hide_first_token(attn)
+        pooled = pool_attention(attn, n, matrices).numpy()
+        n_heads = pooled.shape[0]
+        if grid is None:
+            grid = np.full((n_layers * stride - 1, n_heads * stride - 1), np.nan, dtype=np.float32)
+        r = layer * stride
+        for head in range(n_heads):
+            grid[r : r + n, head * stride : head * stride + n] = pooled[head]
+    n_heads = (grid.shape[1] + 1) // stride
+    # cell coordinates in layer / head units, so the hover can print the layer and head by rounding
+    xs = ((np.arange(grid.shape[1]) + 0.5) / stride - 0.5).astype(np.float32)
+    ys = ((np.arange(grid.shape[0]) + 0.5) / stride - 0.5).astype(np.float32)
+    centre = n / (2 * stride) - 0.5
+    fig = go.Figure(go.Heatmap(
+        z=grid, x=xs, y=ys, zmin=0, zmax=1, colorscale=style.SEQUENTIAL, hoverongaps=False,
+        colorbar=dict(title=dict(text="mass", side="right"), thickness=12),
+        hovertemplate="layer %{y:.0f}, head %{x:.0f}<br>attention mass %{z:.3f}<extra></extra>",
+    ))
+    selected = selected_layer is not None and 0 <= selected_layer < n_layers
+    if selected:
+        heads = range(n_heads) if selected_head in (None, "mean") else [int(selected_head)]
+        half = n / (2 * stride) + 0.5 / stride
+        fig.add_shape(type="rect", x0=min(heads) + centre - half, x1=max(heads) + centre + half,
+                      y0=selected_layer + centre - half, y1=selected_layer + centre + half,
+                      line=dict(color=style.SELECTED, width=3))
+    label_every = max(1, -(-n_layers // 30))
+    fig.update_xaxes(tickvals=[h + centre for h in range(n_heads)], ticktext=[f"head {h}" for h in range(n_heads)],
+                     side="top", showgrid=False, zeroline=False)
+    fig.update_yaxes(tickvals=[layer + centre for layer in range(0, n_layers, label_every)],
+                     ticktext=[f"layer {layer}" for layer in range(0, n_layers, label_every)],
+                     autorange="reversed", showgrid=False, zeroline=False)
+    pooled_note = f"each map pooled to {n}×{n} blocks" if n < n_tokens else f"{n_tokens} tokens"
+    title = f"Attention of every layer and head · {pooled_note}"
+    if hide_sink:
+        title += f"<br><sup>{SINK_NOTE}</sup>"
+    style.layout(fig, title, height, plot_bgcolor="#EEEEEE")
+    fig.update_layout(margin=dict(l=90, r=20, t=100 if hide_sink else 80, b=20))
+    return fig
+
+
+def _token_texts(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def attention_map_figure(
+    attn_layer: torch.Tensor,
+    layer: int,
+    head: int | Literal["mean"],
+    ids: Sequence[int],
+    tokenizer: Tokenizer,
+    hide_sink: bool = False,
+    selected: int | None = None,
+    max_tokens: int = 512,
+    height: int = 680,
+) -> go.Figure:
+    """One head's map (or the mean over heads) from attn_layer = trace.attention(layer) [H, T, T]: row i is what
+    query token i attends to, column j the key token. Exact weights; only the last max_tokens tokens when longer."""
+    n_tokens = attn_layer.shape[-1]
+    z = attn_layer.mean(dim=0) if head == "mean" else attn_layer[int(head)]  # [T, T]
+    if hide_sink:
+        z = hide_first_token(z)
+    start = max(0, n_tokens - max_tokens)
+    z = z[start:, start:].to(torch.float32).numpy().copy()
+    z[np.triu_indices(z.shape[0], 1)] = np.nan  # a query never sees later keys: blank, not 0
+    if hide_sink and start == 0:
+        z[:, 0] = np.nan
+    texts = _token_texts(tokenizer, ids[start:n_tokens])
+    # category labels carry the position, so they are unique (repeated tokens never merge) and the hover can
+    # show the token text without a per-cell customdata array
+    labels = [f"{start + i} {style.token_label(t)}" for i, t in enumerate(texts)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=labels, y=labels, zmin=0, colorscale=style.SEQUENTIAL, hoverongaps=False,
+        colorbar=dict(title=dict(text="weight", side="right"), thickness=12),
+        hovertemplate="query %{y}<br>attends to key %{x}<br>weight %{z:.4f}<extra></extra>",
+    ))
+    ticks = style.thin_ticks(len(labels))
+    axis = dict(type="category", tickmode="array", tickvals=[labels[i] for i in ticks],
+                ticktext=[style.token_label(texts[i]) for i in ticks], showgrid=False, zeroline=False)
+    fig.update_xaxes(title_text="…to token j (key)", tickangle=-60, **axis)
+    fig.update_yaxes(title_text="token i attends… (query)", autorange="reversed", **axis)
+    if selected is not None and start <= selected < n_tokens:
+        row = selected - start
+        fig.add_shape(type="rect", x0=-0.5, x1=row + 0.5, y0=row - 0.5, y1=row + 0.5,
+                      line=dict(color=style.SELECTED, width=2))
+    which = f"mean of {attn_layer.shape[0]} heads" if head == "mean" else f"head {int(head)}"
+    title = f"Layer {layer}, {which}: where each token looks"
+    notes = [SINK_NOTE] if hide_sink else []
+    if start:
+        notes.append(f"last {n_tokens - start} of {n_tokens} tokens")
+    if notes:
+        title += "<br><sup>" + " · ".join(notes) + "</sup>"
+    style.layout(fig, title, height)
+    fig.update_layout(margin=dict(l=110, r=20, t=90 if notes else 50, b=110))
+    return fig
+
+
+def _token_html(text: str) -> str:
+    """A token's text as HTML: escaped, spaces as a faint ·, newlines as ↵ and a real line break."""
+    out = []
+    for ch in text:
+        if ch == " ":
+            out.append('<span class="ws">·</span>')
+        elif ch == "\n":
+            out.append('<span class="ws">↵</span><br>')
+        elif ch == "\t":
+            out.append('<span class="ws">→</span>')
+        else:
+            out.append(style.escape(ch))
+    return "".join(out) or '<span class="ws">∅</span>'
+
+
+def attention_text_html(attn_row: torch.Tensor, ids: Sequence[int], tokenizer: Tokenizer, query_pos: int) -> str:
+    """attn_row [T] = trace.attention(layer)[head, query_pos] (or a mean over heads): every token of the context
+    tinted by the weight the query token gives it (max-normalised), the query token outlined."""
+    weights = attn_row.to(torch.float32).tolist()
+    top = max(weights[: query_pos + 1], default=0.0) or 1.0
+    spans = []
+    for pos, (token_id, text) in enumerate(zip(ids, _token_texts(tokenizer, ids))):
+        w = weights[pos] if pos < len(weights) else 0.0
+        alpha = 0.9 * w / top
+        css = [f"background:rgba({_TINT[0]},{_TINT[1]},{_TINT[2]},{alpha:.3f})"]
+        if alpha > 0.55:
+            css.append("color:#fff")
+        classes = ["tok"]
+        if tokenizer.is_special(int(token_id)):
+            classes.append("special")
+        if pos == query_pos:
+            css.append(f"outline:2px solid {style.SELECTED}")
+            tip = f"position {pos}: the query token, weight to itself {w:.4f}"
+        elif pos > query_pos:
+            classes.append("future")
+            tip = f"position {pos}: after the query, masked (weight 0)"
+        else:
+            tip = f"position {pos}: weight {w:.4f}"
+        spans.append(f'<span class="{" ".join(classes)}" data-pos="{pos}" style="{";".join(css)}" '
+                     f'title="{style.escape(tip)}">{_token_html(text)}</span>')
+    return (
+        "<style>"
+        ".attn-text{font-size:17px;line-height:1.9;word-break:break-word}"
+        ".attn-text .tok{border-radius:3px;padding:1px 0;cursor:pointer}"
+        ".attn-text .tok .ws{opacity:.45}"
+        ".attn-text .special{font-family:monospace;font-size:.85em;border:1px dashed #888}"
+        ".attn-text .future{opacity:.35}"
+        ".attn-text .caption{color:#555;font-size:14px;margin-bottom:4px}"
+        "</style>"
+        f'<div class="attn-text"><div class="caption">Darker = more of token {query_pos}\'s attention '
+        f"(relative to its largest weight, {top:.3f}); hover a token for its weight.</div>"
+        + "".join(spans) + "</div>"
+    )

@@ -1,0 +1,145 @@
+"""The Next token tab: the distribution one token was drawn from (what temperature / top-k / top-p kept), and
+entropy and chosen-token probability over a whole generation. Reads model.lm.Step."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+from model.lm import Step
+from model.tokenizer import Tokenizer
+
+from . import style
+
+AFTER = "#2F2F2F"  # markers for the probability after the sampler's changes
+
+
+def _rows(step: Step, k: int) -> list[tuple[int, int | None, float, float, bool]]:
+    """(token id, rank from 1 or None if unknown, model prob, prob after the sampler, kept) for the top k, plus
+    the sampled token if it is not among them."""
+    n = min(k, len(step.top_ids))
+    rows = [(step.top_ids[i], i + 1, step.top_probs[i], step.top_sampled_probs[i], step.top_kept[i])
+            for i in range(n)]
+    if step.token_id not in step.top_ids[:n]:
+        if step.token_id in step.top_ids:
+            i = step.top_ids.index(step.token_id)
+            rows.append((step.token_id, i + 1, step.top_probs[i], step.top_sampled_probs[i], step.top_kept[i]))
+        else:
+            rows.append((step.token_id, None, step.prob, step.sampled_prob, True))
+    return rows
+
+
+def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = 20, settings_text: str | None = None) -> go.Figure:
+    """Horizontal bars of the model's top-k probabilities (most likely on top), green where the sampler kept the
+    token and grey where it cut it, dark diamonds for the probabilities actually sampled from; the drawn token
+    outlined. If it is not among the top k it gets an extra row at the bottom."""
+    rows = _rows(step, k)
+    n_top = len(step.top_ids)
+    labels = [f"{style.token_label(tokenizer.decode([tid]))}  #{rank if rank else f'>{n_top}'}"
+              for tid, rank, *_ in rows]
+    index = list(range(len(rows)))
+    sampled_row = next(i for i, row in enumerate(rows) if row[0] == step.token_id)
+    custom = [[label, p_after] for label, (*_, p_after, _kept) in zip(labels, rows)]
+    fig = go.Figure()
+    for kept, name, colour in ((True, "kept by the sampler", style.KEPT), (False, "cut by the sampler", style.CUT)):
+        members = [i for i in index if rows[i][4] == kept]
+        if not members:
+            continue
+        fig.add_trace(go.Bar(
+            x=[rows[i][2] for i in members], y=members, orientation="h", name=name, marker_color=colour,
+            marker_line=dict(color=[style.SELECTED if i == sampled_row else colour for i in members],
+                             width=[3 if i == sampled_row else 0 for i in members]),
+            customdata=[custom[i] for i in members],
+            hovertemplate="%{customdata[0]}<br>model p = %{x:.4f}<br>after sampler p = %{customdata[1]:.4f}"
+                          "<extra></extra>",
+        ))
+    fig.add_trace(go.Scatter(
+        x=[row[3] for row in rows], y=index, mode="markers", name="after temperature / top-k / top-p",
+        marker=dict(symbol="diamond", size=10, color=AFTER), customdata=custom,
+        hovertemplate="%{customdata[0]}<br>after sampler p = %{x:.4f}<extra></extra>",
+    ))
+    top = max(max(row[2], row[3]) for row in rows)
+    tid, _, p_model, p_after, _ = rows[sampled_row]
+    fig.add_annotation(x=max(p_model, p_after), y=sampled_row, text="◀ sampled", showarrow=False, xanchor="left",
+                       xshift=10, font=dict(color=style.SELECTED, size=style.FONT_SIZE + 1))
+    fig.update_yaxes(tickvals=index, ticktext=labels, autorange="reversed", showgrid=False, title_text=None)
+    fig.update_xaxes(title_text="probability", range=[0, min(1.0, top) * 1.25 + 1e-3], tickformat=".0%")
+    title = (f"Token {step.index + 1}: the sampler kept {step.n_kept} token{'s' if step.n_kept != 1 else ''} "
+             f"({step.kept_mass:.1%} of the mass)")
+    if settings_text:
+        title += f"<br><sup>{style.escape(settings_text)}</sup>"
+    style.layout(fig, title, height=120 + 26 * len(rows), barmode="overlay",
+                 legend=dict(orientation="h", y=-0.12 if len(rows) > 10 else -0.3, x=0))
+    fig.update_layout(margin=dict(l=150, r=30, t=80 if settings_text else 55, b=90))
+    return fig
+
+
+def timeline_figure(steps: Sequence[Step], tokenizer: Tokenizer, selected_index: int | None = None) -> go.Figure:
+    """Entropy of the model's distribution (nats, left axis) and the chosen token's model probability (right
+    axis) for every generated token; the selected step marked by a vertical line."""
+    fig = go.Figure()
+    if not steps:
+        return style.layout(fig, "Generate some text to see the timeline", height=300)
+    xs = [s.index for s in steps]
+    texts = [style.token_label(tokenizer.decode([s.token_id])) for s in steps]
+    fig.add_trace(go.Scatter(
+        x=xs, y=[s.entropy for s in steps], name="entropy (nats)", mode="lines+markers",
+        line=dict(color=style.PROMPT), customdata=texts,
+        hovertemplate="token %{x} %{customdata}<br>entropy %{y:.2f} nats<extra></extra>",
+    ))
+    fig.add_trace(go.Scatter(
+        x=xs, y=[s.prob for s in steps], name="p(chosen token)", mode="lines+markers", yaxis="y2",
+        line=dict(color=style.GENERATED), customdata=texts,
+        hovertemplate="token %{x} %{customdata}<br>p = %{y:.4f}<extra></extra>",
+    ))
+    ticks = style.thin_ticks(len(steps), max_ticks=30)
+    fig.update_xaxes(tickvals=[xs[i] for i in ticks], ticktext=[texts[i] for i in ticks], tickangle=-60,
+                     title_text="generated token")
+    if selected_index is not None and selected_index in xs:
+        fig.add_shape(type="line", x0=selected_index, x1=selected_index, xref="x", y0=0, y1=1, yref="paper",
+                      line=dict(color=style.SELECTED, width=2, dash="dot"))
+    style.layout(fig, "Uncertainty over the generation", height=360,
+                 yaxis=dict(title_text="entropy (nats)", rangemode="tozero", color=style.PROMPT),
+                 yaxis2=dict(title_text="p(chosen)", range=[0, 1.02], overlaying="y", side="right",
+                             showgrid=False, color=style.GENERATED),
+                 legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+    fig.update_layout(margin=dict(l=60, r=60, t=60, b=90))
+    return fig
+
+
+def sampler_summary_html(step: Step, temperature: float, top_k: int, top_p: float, greedy: bool,
+                         tokenizer: Tokenizer | None = None) -> str:
+    """A few sentences on what the sampler did at this step, in the course's words."""
+    token = style.token_label(tokenizer.decode([step.token_id]) if tokenizer else step.text, max_len=24)
+    chosen = f'<b class="tok" data-pos="{step.position}">{token}</b>'
+    spread = (f"The model's distribution has entropy {step.entropy:.2f} nats: about as uncertain as a fair choice "
+              f"among {math.exp(step.entropy):.1f} tokens.")
+    if greedy or temperature == 0:
+        body = (f"<li><b>Greedy</b>: no randomness; the most likely token is always taken.</li>"
+                f"<li>It was {chosen}, with probability {step.prob:.1%}.</li>")
+    else:
+        if temperature < 1:
+            temp = f"divides the logits by {temperature:g} before the softmax: the distribution gets sharper"
+        elif temperature > 1:
+            temp = f"divides the logits by {temperature:g} before the softmax: the distribution gets flatter"
+        else:
+            temp = "is 1: the model's probabilities are used as they are"
+        cuts = []
+        if top_k:
+            cuts.append(f"<b>top-k {top_k}</b> keeps only the {top_k} most likely tokens")
+        if top_p < 1:
+            cuts.append(f"<b>top-p {top_p:g}</b> keeps the smallest set of most likely tokens whose probability "
+                        f"adds up to {top_p:.0%}")
+        cut_text = "; ".join(cuts) if cuts else "no top-k or top-p cut: every token stays in the running"
+        if top_k and top_p < 1:
+            cut_text += (". Here top-k was the tighter cut" if step.n_kept >= top_k
+                         else ". Here top-p was the tighter cut")
+        body = (f"<li><b>Temperature</b> {temp}.</li><li>{cut_text[0].upper() + cut_text[1:]}.</li>"
+                f"<li>Kept: {step.n_kept} token{'s' if step.n_kept != 1 else ''}, holding {step.kept_mass:.1%} "
+                f"of the model's probability; their probabilities are rescaled to add up to 1 and one is drawn "
+                f"at random.</li>"
+                f"<li>Drawn: {chosen}: {step.prob:.1%} under the model, {step.sampled_prob:.1%} in the "
+                f"distribution it was drawn from.</li>")
+    return (f'<div class="sampler-summary" style="font-size:16px;line-height:1.5"><p>{spread}</p>'
+            f'<ul style="margin:0;padding-left:1.2em">{body}</ul></div>')

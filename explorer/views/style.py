@@ -1,0 +1,55 @@
+"""House style shared by every view: one palette, projector-sized fonts, one plotly layout, token labels."""
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+FONT = "Inter, system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
+FONT_SIZE = 15
+# the same meaning has the same colour in every view
+PROMPT = "#4C78A8"  # prompt tokens
+GENERATED = "#F58518"  # generated tokens
+SELECTED = "#E45756"  # the selected token / head / layer
+KEPT = "#54A24B"  # tokens the sampler kept
+CUT = "#BAB0AC"  # tokens the sampler cut
+BACKGROUND_POINTS = "#D5D5D5"  # vocabulary sample in projections
+SEQUENTIAL = "Blues"  # attention, probabilities (0 = white)
+DIVERGING = "RdBu"
+PROB_SCALE = "Viridis"
+
+
+def layout(fig: go.Figure, title: str = "", height: int = 460, **kwargs) -> go.Figure:
+    """Apply the house layout: light theme, readable fonts, explicit height, tight margins."""
+    fig.update_layout(
+        template="plotly_white",
+        title=dict(text=title, x=0.01, font=dict(size=FONT_SIZE + 3)) if title else None,
+        height=height,
+        font=dict(family=FONT, size=FONT_SIZE),
+        margin=dict(l=60, r=20, t=50 if title else 20, b=50),
+        hoverlabel=dict(font_size=FONT_SIZE),
+        **kwargs,
+    )
+    return fig
+
+
+def token_label(text: str, max_len: int = 12) -> str:
+    """A token's text made visible for plotly labels and hovers: spaces as ·, newlines as ↵, tabs as →; shortened;
+    escaped, since plotly reads <b>, <br>, <a> and friends in label text as markup."""
+    shown = text.replace(" ", "·").replace("\n", "↵").replace("\t", "→").replace("\r", "␍")
+    if not shown:
+        shown = "∅"
+    if len(shown) > max_len:
+        shown = shown[: max_len - 1] + "…"
+    return html.escape(shown, quote=False)
+
+
+def thin_ticks(n: int, max_ticks: int = 40) -> list[int]:
+    """Positions to label on an axis of n tokens so labels never overlap: every k-th, k chosen from n."""
+    step = max(1, -(-n // max_ticks))
+    return list(range(0, n, step))
+
+
+def escape(text: str) -> str:
+    """Every token or prompt text goes through here before it is put into HTML."""
+    return html.escape(text, quote=True)

@@ -1,0 +1,75 @@
+"""The sampler: greedy, temperature, top-k, top-p, what it keeps, seeded reproducibility, invalid settings."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.sampling import SamplerSettings, entropy, sample
+
+LOGITS = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0, -1.0])
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_greedy_and_temperature_zero_pick_argmax():
+    for settings in (SamplerSettings(greedy=True), SamplerSettings(temperature=0.0)):
+        s = sample(LOGITS, settings, gen())
+        assert s.token_id == 0 and s.kept.sum() == 1 and s.final_probs[0] == 1
+
+
+def test_model_distribution_is_softmax_of_logits_whatever_the_settings():
+    s = sample(LOGITS, SamplerSettings(temperature=0.5, top_k=2), gen())
+    torch.testing.assert_close(s.probs, torch.softmax(LOGITS, -1))
+
+
+def test_top_k_keeps_k_and_renormalises_with_temperature():
+    s = sample(LOGITS, SamplerSettings(temperature=2.0, top_k=3), gen())
+    assert s.kept.tolist() == [True, True, True, False, False, False]
+    expected = torch.softmax(LOGITS[:3] / 2.0, -1)
+    torch.testing.assert_close(s.final_probs[:3], expected)
+    assert s.final_probs[3:].sum() == 0 and s.token_id in (0, 1, 2)
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_p():
+    probs = torch.softmax(LOGITS, -1)
+    cumulative = torch.cumsum(probs, -1)
+    p = float(cumulative[1]) + 1e-3  # needs the third token to pass p
+    s = sample(LOGITS, SamplerSettings(top_p=p), gen())
+    assert s.kept.tolist() == [True, True, True, False, False, False]
+    assert sample(LOGITS, SamplerSettings(top_p=1e-6), gen()).kept.tolist() == [True] + [False] * 5
+
+
+def test_sampling_frequencies_follow_the_final_distribution():
+    settings = SamplerSettings(temperature=1.0, top_k=2)
+    g = gen(1)
+    counts = torch.zeros(6)
+    for _ in range(2000):
+        counts[sample(LOGITS, settings, g).token_id] += 1
+    expected = torch.softmax(LOGITS[:2], -1)
+    assert counts[2:].sum() == 0
+    assert abs(counts[0] / 2000 - expected[0]) < 0.04
+
+
+def test_same_seed_same_tokens_and_global_rng_untouched():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = [sample(LOGITS, SamplerSettings(), g).token_id for g in [gen(5)] for _ in range(20)]
+    b = [sample(LOGITS, SamplerSettings(), g).token_id for g in [gen(5)] for _ in range(20)]
+    assert a == b
+    assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(temperature=math.nan), dict(temperature=math.inf),
+                                    dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5), dict(top_p=math.nan)])
+def test_invalid_settings_raise(kwargs):
+    with pytest.raises(ValueError):
+        SamplerSettings(**kwargs)
+
+
+def test_entropy():
+    assert entropy(torch.tensor([1.0, 0.0])) == 0
+    assert entropy(torch.full((4,), 0.25)) == pytest.approx(math.log(4))
