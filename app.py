@@ -1,27 +1,30 @@
-"""Entry point: parse options, load the model, generate. (The Gradio explorer replaces this CLI in the next step.)"""
+"""Entry point: options -> load the model -> build the explorer -> launch."""
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
+from explorer.ui.blocks import build_app, css, head_html
+from explorer.ui.common import Limits
 from model import load_model
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Generate with the explorer's model core")
-    ap.add_argument("--model", default=None, help="GGUF file, Hugging Face directory or hub id (default: embedded)")
-    ap.add_argument("--prompt", default="The capital of France is")
-    ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--chat", action="store_true")
+    ap = argparse.ArgumentParser(description="LLM Explorer: watch a language model work, token by token")
+    ap.add_argument("--model", default=os.environ.get("EXPLORER_MODEL"),
+                    help="GGUF file, Hugging Face model directory or hub id (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--host", default=os.environ.get("EXPLORER_HOST", "127.0.0.1"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("EXPLORER_PORT", os.environ.get("PORT", 7860))))
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--share", action="store_true", help="also serve through a public Gradio link (off by default)")
     args = ap.parse_args()
-    lm = load_model(args.model)
-    print(lm, file=sys.stderr)
-    print(args.prompt, end="", flush=True)
-    for step in lm.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            chat=args.chat):
-        print(step.text, end="", flush=True)
-    print()
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    limits = Limits()
+    app = build_app(lm, limits)
+    app.queue(default_concurrency_limit=limits.max_concurrent)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), head=head_html(),
+               theme="default", show_error=True)
 
 
 if __name__ == "__main__":

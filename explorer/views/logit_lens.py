@@ -75,6 +75,7 @@ def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer, selected: int | Non
     nexts = [decode(i) if i is not None else "— (end of context)" for i in lens.next_ids]
     top_ids = lens.top_ids.tolist()
     vocab_labels = {i: decode(i) for i in set(lens.top_ids.flatten().tolist())}
+    short = {i: style.token_label(tokenizer.decode([i]), max_len=6) for i in vocab_labels}
     top_text = [[vocab_labels[i] for i in row] for row in top_ids]
     next_p = lens.next_probs.numpy()
     row_names = ["the embedding"] + [f"{n} layer{'s' if n > 1 else ''}" for n in range(1, n_layers + 1)]
@@ -87,7 +88,7 @@ def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer, selected: int | Non
     fig = go.Figure(go.Heatmap(
         z=lens.top_probs.numpy().astype(np.float32), x=lens.positions, y=list(range(n_rows)), zmin=0, zmax=1,
         colorscale=style.SEQUENTIAL, customdata=custom,
-        text=[[vocab_labels[i][:6] for i in row] for row in top_ids] if show_text else None,
+        text=[[short[i] for i in row] for row in top_ids] if show_text else None,
         texttemplate="%{text}" if show_text else None, textfont=dict(size=11),
         colorbar=dict(title=dict(text="p(top)", side="right"), thickness=12),
         hovertemplate="after %{customdata[0]}, position %{x} (input %{customdata[1]})<br>"

@@ -60,12 +60,13 @@ def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = 20, settings_te
         hovertemplate="%{customdata[0]}<br>after sampler p = %{x:.4f}<extra></extra>",
     ))
     top = max(max(row[2], row[3]) for row in rows)
-    tid, _, p_model, p_after, _ = rows[sampled_row]
+    _, _, p_model, p_after, _ = rows[sampled_row]
     fig.add_annotation(x=max(p_model, p_after), y=sampled_row, text="◀ sampled", showarrow=False, xanchor="left",
                        xshift=10, font=dict(color=style.SELECTED, size=style.FONT_SIZE + 1))
     fig.update_yaxes(tickvals=index, ticktext=labels, autorange="reversed", showgrid=False, title_text=None)
     fig.update_xaxes(title_text="probability", range=[0, min(1.0, top) * 1.25 + 1e-3], tickformat=".0%")
-    title = (f"Token {step.index + 1}: the sampler kept {step.n_kept} token{'s' if step.n_kept != 1 else ''} "
+    plural = "s" if step.n_kept != 1 else ""
+    title = (f"Next token at position {step.position}: the sampler kept {step.n_kept} token{plural} "
              f"({step.kept_mass:.1%} of the mass)")
     if settings_text:
         title += f"<br><sup>{style.escape(settings_text)}</sup>"
@@ -86,12 +87,12 @@ def timeline_figure(steps: Sequence[Step], tokenizer: Tokenizer, selected_index:
     fig.add_trace(go.Scatter(
         x=xs, y=[s.entropy for s in steps], name="entropy (nats)", mode="lines+markers",
         line=dict(color=style.PROMPT), customdata=texts,
-        hovertemplate="token %{x} %{customdata}<br>entropy %{y:.2f} nats<extra></extra>",
+        hovertemplate="generated token %{x} %{customdata}<br>entropy %{y:.2f} nats<extra></extra>",
     ))
     fig.add_trace(go.Scatter(
         x=xs, y=[s.prob for s in steps], name="p(chosen token)", mode="lines+markers", yaxis="y2",
         line=dict(color=style.GENERATED), customdata=texts,
-        hovertemplate="token %{x} %{customdata}<br>p = %{y:.4f}<extra></extra>",
+        hovertemplate="generated token %{x} %{customdata}<br>p = %{y:.4f}<extra></extra>",
     ))
     ticks = style.thin_ticks(len(steps), max_ticks=30)
     fig.update_xaxes(tickvals=[xs[i] for i in ticks], ticktext=[texts[i] for i in ticks], tickangle=-60,
@@ -100,11 +101,12 @@ def timeline_figure(steps: Sequence[Step], tokenizer: Tokenizer, selected_index:
         fig.add_shape(type="line", x0=selected_index, x1=selected_index, xref="x", y0=0, y1=1, yref="paper",
                       line=dict(color=style.SELECTED, width=2, dash="dot"))
     style.layout(fig, "Uncertainty over the generation", height=360,
-                 yaxis=dict(title_text="entropy (nats)", rangemode="tozero", color=style.PROMPT),
-                 yaxis2=dict(title_text="p(chosen)", range=[0, 1.02], overlaying="y", side="right",
-                             showgrid=False, color=style.GENERATED),
-                 legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
-    fig.update_layout(margin=dict(l=60, r=60, t=60, b=90))
+                 yaxis=dict(title_text="entropy (nats)", range=[0, 1.08 * max(s.entropy for s in steps) + 0.05],
+                            color=style.PROMPT),
+                 yaxis2=dict(title_text="p(chosen)", range=[0, 1.08], tickvals=[0, 0.25, 0.5, 0.75, 1],
+                             tickformat=".0%", overlaying="y", side="right", showgrid=False, color=style.GENERATED),
+                 legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
+    fig.update_layout(margin=dict(l=60, r=70, t=60, b=90))
     return fig
 
 
@@ -130,7 +132,7 @@ def sampler_summary_html(step: Step, temperature: float, top_k: int, top_p: floa
             cuts.append(f"<b>top-k {top_k}</b> keeps only the {top_k} most likely tokens")
         if top_p < 1:
             cuts.append(f"<b>top-p {top_p:g}</b> keeps the smallest set of most likely tokens whose probability "
-                        f"adds up to {top_p:.0%}")
+                        f"(after temperature) adds up to {top_p:.0%}")
         cut_text = "; ".join(cuts) if cuts else "no top-k or top-p cut: every token stays in the running"
         if top_k and top_p < 1:
             cut_text += (". Here top-k was the tighter cut" if step.n_kept >= top_k

@@ -1,0 +1,77 @@
+"""Per-user state: the prompt, the steps generated so far, what the user selected, and caches of what was computed
+for the current context. The model is shared read-only; nothing here is visible to another session."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from model import LanguageModel, Step, Trace
+
+
+@dataclass
+class Session:
+    prompt_ids: list[int] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # sampler settings of the last generation
+    selected: int | None = None  # selected token position; None: the last token
+    layer: int = 0
+    head: int | str = "mean"
+    hide_sink: bool = False
+    dims: int = 2
+    step_index: int | None = None  # step shown in the Next token tab; None: follow the latest
+    active_tab: str = "Tokens"
+    generating: bool = False
+    stop_requested: bool = False
+    _full_trace: Trace | None = None
+    _cache: dict[tuple, Any] = field(default_factory=dict)
+
+    def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
+        self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
+        self.selected, self.step_index, self._full_trace = None, None, None
+        self.generating, self.stop_requested = True, False
+        self._cache.clear()
+
+    def add(self, step: Step) -> None:
+        self.steps.append(step)
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt_ids + [s.token_id for s in self.steps]
+
+    @property
+    def n_prompt(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self.prompt_ids)
+
+    def trace(self, lm: LanguageModel) -> Trace | None:
+        """While generating: the latest step's trace (the context up to the newest token, which it predicted).
+        Afterwards: a trace of the whole context, computed once."""
+        if not self.prompt_ids:
+            return None
+        if self.generating and self.steps and self.steps[-1].trace is not None:
+            return self.steps[-1].trace
+        if self._full_trace is None or len(self._full_trace) != len(self.ids):
+            self._full_trace = lm.trace(self.ids)
+        return self._full_trace
+
+    def position(self, trace: Trace) -> int:
+        """The selected position, clamped to the trace; the last token by default."""
+        last = len(trace) - 1
+        return last if self.selected is None else max(0, min(self.selected, last))
+
+    def cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """Memoise per context: keys include the context length, so new tokens invalidate naturally."""
+        if key not in self._cache:
+            if len(self._cache) > 16:
+                self._cache.clear()
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def current_step(self) -> Step | None:
+        if not self.steps:
+            return None
+        index = len(self.steps) - 1 if self.step_index is None else min(self.step_index, len(self.steps) - 1)
+        return self.steps[index]

@@ -1,0 +1,93 @@
+"""Generation requests, checked against the server's limits, for the UI and the named API endpoint alike."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+
+from explorer.ui.common import Limits
+from model import LanguageModel
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    greedy: bool
+    chat: bool
+
+    @classmethod
+    def checked(cls, prompt: Any, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any,
+                greedy: Any, chat: Any, limits: Limits) -> "GenerationRequest":
+        """Validate everything a client could send; raise gr.Error with a message a user can act on."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise gr.Error("The prompt is empty: type some text first.")
+        number = lambda v, name: _number(v, name)
+        temperature, top_p = number(temperature, "temperature"), number(top_p, "top-p")
+        if temperature < 0 or temperature > 10:
+            raise gr.Error(f"Temperature must be between 0 and 10, got {temperature}.")
+        if not 0 < top_p <= 1:
+            raise gr.Error(f"Top-p must be in (0, 1], got {top_p}.")
+        top_k = _integer(top_k, "top-k", 0, limits.max_top_k)
+        max_new_tokens = _integer(max_new_tokens, "max new tokens", 1, limits.max_new_tokens)
+        seed = _integer(0 if seed is None else seed, "seed", 0, MAX_SEED)
+        return cls(prompt, max_new_tokens, temperature, top_k, top_p, seed, bool(greedy), bool(chat))
+
+    def prompt_ids(self, lm: LanguageModel, limits: Limits) -> list[int]:
+        if self.chat and lm.tokenizer.chat_template is None:
+            raise gr.Error("This model has no chat template; untick 'Chat template'.")
+        ids = lm.prompt_ids(self.prompt, chat=self.chat)
+        if len(ids) > limits.max_prompt_tokens:
+            raise gr.Error(f"The prompt is {len(ids)} tokens; this server accepts at most {limits.max_prompt_tokens}.")
+        return ids
+
+    def settings(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                    top_p=self.top_p, seed=self.seed, greedy=self.greedy)
+
+
+def _number(value: Any, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(x):
+        raise gr.Error(f"{name} must be a finite number, got {value!r}.")
+    return x
+
+
+def _integer(value: Any, name: str, low: int, high: int) -> int:
+    x = _number(value, name)
+    if x != int(x) or not low <= x <= high:
+        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    return int(x)
+
+
+def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[dict]]:
+    def generate(prompt: str, max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 50,
+                 top_p: float = 0.95, seed: int = 0, greedy: bool = False, chat: bool = False) -> Iterator[dict]:
+        """Generate from a prompt; streams the text so far and, per token, its id, text, probability, entropy
+        and the top-5 alternatives."""
+        request = GenerationRequest.checked(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat,
+                                            limits)
+        ids = request.prompt_ids(lm, limits)
+        text, tokens = "", []
+        for step in lm.generate(ids, **request.generate_kwargs()):
+            text += step.text
+            tokens.append(dict(id=step.token_id, text=step.text, prob=step.prob, entropy=step.entropy,
+                               top=[dict(id=i, text=lm.tokenizer.decode([i]), prob=p)
+                                    for i, p in zip(step.top_ids[:5], step.top_probs[:5])]))
+            yield dict(text=text, prompt_tokens=len(ids), tokens=tokens, finish_reason=step.finish_reason)
+
+    return generate

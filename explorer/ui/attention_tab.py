@@ -1,0 +1,61 @@
+"""Attention tab: the layers x heads overview, one head's full map, and the selected token's attention over the text."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from explorer.session import Session
+from explorer.ui.common import EMPTY_HINT, placeholder
+from explorer.views.attention import attention_grid_figure, attention_map_figure, attention_text_html, hide_first_token
+from model import LanguageModel
+
+EXPLAIN = ("Each head computes, for every token i, weights over the tokens j ≤ i (softmax of q_i·k_j / √d_head) "
+           "and mixes their values. Row i of a map is token i's attention; rows sum to 1 and the future is masked. "
+           "Many heads park attention on the first token (an **attention sink**): hide it to see the rest.")
+
+
+class AttentionTab:
+    title = "Attention"
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        cfg = lm.config
+        with gr.Row():
+            with gr.Column(scale=7):
+                with gr.Row():
+                    self.layer = gr.Slider(0, cfg.n_layers - 1, value=0, step=1, label="Layer", elem_id="attn-layer")
+                    self.head = gr.Dropdown(["mean"] + [str(h) for h in range(cfg.n_heads)], value="mean",
+                                            label="Head (mean = average over heads)", elem_id="attn-head")
+                    self.hide_sink = gr.Checkbox(label="Hide first token (attention sink)", value=False,
+                                                 elem_id="attn-hide-sink")
+                self.map = gr.Plot(placeholder(EMPTY_HINT), elem_id="attn-map", show_label=False)
+                self.grid = gr.Plot(placeholder(EMPTY_HINT), elem_id="attn-grid", show_label=False)
+            with gr.Column(scale=3):
+                self.text = gr.HTML(elem_id="attn-text")
+                gr.Markdown(EXPLAIN)
+        self.outputs = [self.map, self.grid, self.text]
+        self.controls = [self.layer, self.head, self.hide_sink]
+
+    def set_controls(self, s: Session, layer: float, head: str, hide_sink: bool) -> None:
+        s.layer = int(layer)
+        s.head = head if head == "mean" else int(head)
+        s.hide_sink = bool(hide_sink)
+
+    def render(self, s: Session) -> list[Any]:
+        trace = s.trace(self.lm)
+        if trace is None:
+            return [placeholder(EMPTY_HINT), placeholder(EMPTY_HINT), ""]
+        n = len(trace)
+        attn = s.cached(("attn", n, s.layer), lambda: trace.attention(s.layer))  # [H, T, T]
+        ids = trace.ids.tolist()
+        position = s.position(trace)
+        shown = hide_first_token(attn) if s.hide_sink else attn
+        row = shown.mean(0)[position] if s.head == "mean" else shown[s.head, position]
+        grid = s.cached(("grid", n, s.hide_sink, s.layer, s.head),
+                        lambda: attention_grid_figure(trace, s.hide_sink, s.layer, s.head))
+        return [
+            attention_map_figure(attn, s.layer, s.head, ids, self.lm.tokenizer, s.hide_sink, position),
+            grid,
+            attention_text_html(row, ids, self.lm.tokenizer, position),
+        ]

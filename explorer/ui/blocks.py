@@ -1,0 +1,143 @@
+"""The Blocks app: controls, the streaming output, and the tabs; generation streams text every token and
+refreshes the visible tab's plots on an adaptive throttle."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from explorer.session import Session
+from explorer.ui.api import GenerationRequest, api_generate
+from explorer.ui.attention_tab import AttentionTab
+from explorer.ui.common import Limits, model_summary
+from explorer.ui.embeddings_tab import EmbeddingsTab
+from explorer.ui.logit_lens_tab import LogitLensTab
+from explorer.ui.next_token_tab import NextTokenTab
+from explorer.ui.tokens_tab import TokensTab
+from explorer.views.output import output_html
+from model import LanguageModel
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+EXAMPLES = json.loads((ASSETS / "prompts.json").read_text())
+
+
+def head_html() -> str:
+    return f"<script>{(ASSETS / 'explorer.js').read_text()}</script>"
+
+
+def css() -> str:
+    return (ASSETS / "explorer.css").read_text()
+
+
+def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
+    tok = lm.tokenizer
+
+    def render_output(s: Session) -> str:
+        return output_html(tok, s.prompt_ids, s.steps, selected=s.selected)
+
+    with gr.Blocks(title="LLM Explorer") as app:
+        state = gr.State(lambda: Session())
+        gr.Markdown(model_summary(lm), elem_id="model-summary")
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", lines=2, scale=6, elem_id="prompt",
+                                value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)
+            with gr.Column(scale=2, min_width=220):
+                examples = gr.Dropdown([e["label"] for e in EXAMPLES], label="Examples", elem_id="examples")
+                chat = gr.Checkbox(label="Chat template", value=False, elem_id="chat",
+                                   interactive=tok.chat_template is not None)
+        with gr.Row(equal_height=True):
+            max_new = gr.Slider(1, limits.max_new_tokens, value=40, step=1, label="Max new tokens",
+                                elem_id="max-new-tokens")
+            temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature", elem_id="temperature")
+            top_k = gr.Slider(0, limits.max_top_k, value=50, step=1, label="Top-k (0 = off)", elem_id="top-k")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="top-p")
+            seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", minimum=0, maximum=2**31 - 1)
+            greedy = gr.Checkbox(label="Greedy", value=False, elem_id="greedy")
+        with gr.Row():
+            generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
+            stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
+            status = gr.Markdown("", elem_id="status")
+        output = gr.HTML("", elem_id="output", label="Output")
+        selected = gr.Textbox(elem_id="selected-pos", show_label=False, container=False)
+        tabs: dict[str, Any] = {}
+        with gr.Tabs(elem_id="tabs"):
+            for cls in (TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab):
+                with gr.Tab(cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
+                    tab = cls(lm)
+                tabs[cls.title] = tab
+                tab.block = tab_block
+
+        def render_tab(s: Session) -> dict:
+            tab = tabs[s.active_tab]
+            return dict(zip(tab.outputs, tab.render(s)))
+
+        def on_generate(text, use_chat, n_new, temp, k, p, seed_value, is_greedy, s: Session) -> Iterator[dict]:
+            request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, limits)
+            ids = request.prompt_ids(lm, limits)
+            s.start(ids, request.settings())
+            yield {state: s, output: render_output(s), status: "Generating…", **render_tab(s)}
+            next_refresh = time.monotonic() + limits.refresh_seconds
+            started = time.monotonic()
+            for step in lm.generate(ids, record=True, **request.generate_kwargs()):
+                if s.stop_requested:
+                    break
+                s.add(step)
+                update = {output: render_output(s),
+                          status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
+                if time.monotonic() >= next_refresh:
+                    t0 = time.monotonic()
+                    update.update(render_tab(s))
+                    cost = time.monotonic() - t0
+                    # keep rendering under ~20% of the time, so tokens keep flowing at the model's pace
+                    next_refresh = time.monotonic() + max(limits.refresh_seconds, 4 * cost)
+                yield update
+            s.generating = False
+            rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
+            reason = s.steps[-1].finish_reason if s.steps else None
+            yield {output: render_output(s), status: f"Done: {len(s.steps)} tokens at {rate:.1f} tok/s"
+                   + (" (end of text)" if reason == "stop" else ""), **render_tab(s)}
+
+        everything = [state, output, status] + [c for t in tabs.values() for c in t.outputs]
+        gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
+                                                 state], everything, api_visibility="private",
+                                   concurrency_limit=limits.max_concurrent, concurrency_id="generate")
+
+        def on_stop(s: Session) -> dict:
+            s.stop_requested = True
+            s.generating = False
+            return {output: render_output(s), status: f"Stopped after {len(s.steps)} tokens", **render_tab(s)}
+
+        stop.click(on_stop, [state], everything, cancels=[gen_event], api_visibility="private", queue=False)
+
+        def on_select(value: str, s: Session) -> dict:
+            try:
+                s.selected = int(value)
+            except (TypeError, ValueError):
+                return {}
+            return {output: render_output(s), **render_tab(s)}
+
+        selected.input(on_select, [selected, state], everything, api_visibility="private")
+
+        for title, tab in tabs.items():
+            def on_tab(s: Session, title: str = title) -> dict:
+                s.active_tab = title
+                return render_tab(s)
+
+            tab.block.select(on_tab, [state], everything, api_visibility="private")
+            for control in getattr(tab, "controls", []):
+                def on_control(s: Session, *values, tab=tab) -> dict:
+                    tab.set_controls(s, *values)
+                    return dict(zip(tab.outputs, tab.render(s)))
+
+                control.input(on_control, [state, *tab.controls], tab.outputs, api_visibility="private")
+
+        def on_example(label: str) -> tuple[str, bool]:
+            example = next(e for e in EXAMPLES if e["label"] == label)
+            return example["prompt"], bool(example["chat"]) and tok.chat_template is not None
+
+        examples.input(on_example, [examples], [prompt, chat], api_visibility="private")
+        gr.api(api_generate(lm, limits), api_name="generate")
+    return app

@@ -1,0 +1,40 @@
+"""What the tabs share: the model, and a placeholder figure for when there is nothing to show yet."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+
+from explorer.views import style
+from model import LanguageModel
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side caps that the UI and the API both obey."""
+
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 256
+    max_top_k: int = 1000
+    max_concurrent: int = 2  # generations running at once; more wait in the queue
+    refresh_seconds: float = 0.8  # heavy plots refresh at most this often while tokens stream
+
+
+def placeholder(message: str, height: int = 360) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, font=dict(size=18, color="#777"), x=0.5, y=0.5,
+                       xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return style.layout(fig, height=height)
+
+
+EMPTY_HINT = "Type a prompt and press Generate"
+
+
+def model_summary(lm: LanguageModel) -> str:
+    cfg = lm.config
+    dtype = str(lm.dtype).removeprefix("torch.")
+    return (f"**{lm.name}** · {cfg.family} · {lm.n_params / 1e6:,.0f}M parameters · {cfg.n_layers} layers × "
+            f"{cfg.n_heads} heads ({cfg.n_kv_heads} KV) · d_model {cfg.d_model} · vocabulary {cfg.vocab_size:,} · "
+            f"{lm.device.type} · {dtype}")

@@ -1,0 +1,52 @@
+"""Embeddings tab: the context's input embeddings against a vocabulary sample, nearest neighbours of the selected
+token, and its hidden-state trajectory through the layers."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from explorer.analysis import vocabulary_sample
+from explorer.session import Session
+from explorer.ui.common import EMPTY_HINT, placeholder
+from explorer.views.embeddings import embedding_projection_figure, neighbours_html, trajectory_figure
+from model import LanguageModel
+
+EXPLAIN = ("Each token id x_i picks row e_i = E[x_i] of the **embedding matrix** E (vocabulary × d_model): that "
+           "vector is what enters the first block. Nearby rows belong to tokens the model treats alike. Below, "
+           "the selected token's vector after each block: the **residual stream** the layers write into.")
+BACKGROUND = 3000
+
+
+class EmbeddingsTab:
+    title = "Embeddings"
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        self.background = vocabulary_sample(lm.tokenizer.vocab_size, BACKGROUND)
+        with gr.Row():
+            with gr.Column(scale=7):
+                self.dims = gr.Radio(["2-D", "3-D"], value="2-D", label="Projection", elem_id="emb-dims")
+                self.projection = gr.Plot(placeholder(EMPTY_HINT), elem_id="emb-projection", show_label=False)
+                self.trajectory = gr.Plot(placeholder(EMPTY_HINT), elem_id="emb-trajectory", show_label=False)
+            with gr.Column(scale=3):
+                self.neighbours = gr.HTML(elem_id="emb-neighbours")
+                gr.Markdown(EXPLAIN)
+        self.outputs = [self.projection, self.trajectory, self.neighbours]
+        self.controls = [self.dims]
+
+    def set_controls(self, s: Session, dims: str) -> None:
+        s.dims = 3 if dims == "3-D" else 2
+
+    def render(self, s: Session) -> list[Any]:
+        trace = s.trace(self.lm)
+        if trace is None:
+            return [placeholder(EMPTY_HINT), placeholder(EMPTY_HINT), ""]
+        ids, tok, E = s.ids, self.lm.tokenizer, self.lm.decoder.embed.weight
+        selected = s.selected if s.selected is not None else len(ids) - 1
+        position = s.position(trace)
+        return [
+            embedding_projection_figure(E, ids, tok, s.n_prompt, s.dims, selected, self.background),
+            trajectory_figure(trace, position, tok, s.dims),
+            neighbours_html(E, ids[selected], tok),
+        ]

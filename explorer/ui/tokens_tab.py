@@ -1,0 +1,52 @@
+"""Tokens tab: the context as token chips, counts, and the prompt's log-probability and perplexity."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gradio as gr
+
+from explorer.analysis import sequence_logprobs
+from explorer.session import Session
+from explorer.ui.common import EMPTY_HINT, placeholder
+from explorer.views.tokens import logprob_share_figure, token_chips_html, token_stats_html
+from model import LanguageModel
+
+EXPLAIN = ("Text is cut into **tokens**, pieces from a fixed vocabulary (byte-level BPE). Each chip is one token "
+           "with its id. The model gives every token a probability p(x_t | x_<t); the prompt's probability is "
+           "their product P(X) = Π p(x_t | x_<t), so log P(X) is a sum, and each bar shows a token's share "
+           "(its surprisal −log p).")
+
+
+class TokensTab:
+    title = "Tokens"
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm = lm
+        with gr.Row():
+            with gr.Column(scale=7):
+                self.chips = gr.HTML(f"<p>{EMPTY_HINT}</p>", elem_id="token-chips")
+                self.share = gr.Plot(placeholder(EMPTY_HINT), elem_id="token-share", show_label=False)
+            with gr.Column(scale=3):
+                self.stats = gr.HTML(elem_id="token-stats")
+                gr.Markdown(EXPLAIN)
+        self.outputs = [self.chips, self.share, self.stats]
+
+    def logprobs(self, s: Session) -> list[float]:
+        """log p(x_t | x_<t) for t = 1..: the prompt's from one forward pass, the generated tokens' from their steps."""
+        prompt = s.cached(("prompt-logprobs", s.n_prompt),
+                          lambda: sequence_logprobs(self.lm.trace(s.prompt_ids)) if s.n_prompt > 1 else [])
+        return prompt + [math.log(max(step.prob, 1e-45)) for step in s.steps]
+
+    def render(self, s: Session) -> list[Any]:
+        if not s.has_content:
+            return [f"<p>{EMPTY_HINT}</p>", placeholder(EMPTY_HINT), ""]
+        ids, tok = s.ids, self.lm.tokenizer
+        logprobs = self.logprobs(s)
+        selected = s.selected if s.selected is not None else len(ids) - 1
+        prompt_text = tok.decode(s.prompt_ids)
+        return [
+            token_chips_html(tok, ids, s.n_prompt, logprobs, selected),
+            logprob_share_figure(tok, ids, logprobs, selected, n_prompt=s.n_prompt),
+            token_stats_html(prompt_text, s.prompt_ids, logprobs[: s.n_prompt - 1]),
+        ]

@@ -1,0 +1,87 @@
+"""The logit lens on a real trace of the embedded model: numbers against a direct read-out, and the figure."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.views import logit_lens as views
+from explorer.views import style
+
+TEXT = ("Paris is the capital of France, Berlin is the capital of Germany, and Rome is the capital of Italy. "
+        "The largest city in Spain is Madrid, which is also its capital; Lisbon is the capital of Portugal.")
+
+
+@pytest.fixture(scope="module")
+def setup(embedded_lm):
+    tok = embedded_lm.tokenizer
+    ids = tok.encode(TEXT)
+    trace = embedded_lm.trace(ids)
+    return embedded_lm, tok, ids, trace, views.logit_lens(trace, last=20)
+
+
+def test_last_row_is_the_models_own_prediction(setup):
+    lm, _, ids, trace, lens = setup
+    n = len(ids)
+    assert lens.positions == list(range(n - 20, n)) and lens.n_tokens == n
+    assert lens.top_ids.shape == lens.top_probs.shape == lens.next_probs.shape == (lm.config.n_layers + 1, 20)
+    probs = torch.softmax(trace.logits_at(lens.positions), dim=-1)  # [P, V]
+    top_p, top_id = probs.max(-1)
+    assert torch.equal(lens.top_ids[-1], top_id)
+    torch.testing.assert_close(lens.top_probs[-1], top_p)
+    assert lens.input_ids == ids[-20:] and lens.next_ids == ids[-19:] + [None]
+    next_p = probs[torch.arange(19), torch.tensor(ids[-19:])]
+    torch.testing.assert_close(lens.next_probs[-1, :19], next_p)
+    assert torch.isnan(lens.next_probs[:, -1]).all() and not torch.isnan(lens.next_probs[:, :-1]).any()
+
+
+def test_every_layer_reads_out_its_own_residual_stream(setup):
+    lm, _, ids, trace, _ = setup
+    positions = [0, 5, 17]
+    lens = views.logit_lens(trace, positions)
+    for layer in (0, 11, 30):
+        probs = torch.softmax(lm.decoder.unembed(trace.residual[layer, positions]), dim=-1)
+        torch.testing.assert_close(lens.top_probs[layer], probs.max(-1).values)
+        following = torch.tensor([ids[p + 1] for p in positions])
+        torch.testing.assert_close(lens.next_probs[layer], probs[torch.arange(3), following])
+    # a small chunk gives the same numbers
+    original = views.CHUNK_BYTES
+    try:
+        views.CHUNK_BYTES = 7 * 4 * lm.config.vocab_size
+        chunked = views.logit_lens(trace, positions)
+    finally:
+        views.CHUNK_BYTES = original
+    assert torch.equal(chunked.top_ids, lens.top_ids)
+    torch.testing.assert_close(chunked.top_probs, lens.top_probs)
+    with pytest.raises(IndexError):
+        views.logit_lens(trace, [len(ids)])
+
+
+def test_figure_is_layers_by_positions(setup):
+    lm, tok, ids, _, lens = setup
+    fig = views.logit_lens_figure(lens, tok, selected=len(ids) - 3, text_max_positions=16)
+    heat = fig.data[0]
+    z = np.asarray(heat.z)
+    assert z.dtype == np.float32
+    np.testing.assert_array_equal(z, lens.top_probs.numpy())
+    assert list(heat.x) == lens.positions and list(heat.y) == list(range(lm.config.n_layers + 1))
+    assert heat.text is None  # 20 positions: hover only
+    assert fig.layout.yaxis.ticktext[0] == "embed" and fig.layout.yaxis.ticktext[-1] == "L30 (output)"
+    assert f"last 20 of {len(ids)} positions" in fig.layout.title.text
+    cell = heat.customdata[30][0]
+    top = style.token_label(tok.decode([int(lens.top_ids[30, 0])]))
+    assert cell[0] == "30 layers" and cell[1] == style.token_label(tok.decode([ids[-20]]))
+    assert cell[2].startswith(top) and cell[2].endswith("✓") == (int(lens.top_ids[30, 0]) == ids[-19])
+    assert cell[4] == f"{float(lens.next_probs[30, 0]):.4f}" and heat.customdata[5][-1][4] == "—"
+    (outline,) = fig.layout.shapes
+    assert (outline.x0, outline.x1) == (len(ids) - 3.5, len(ids) - 2.5)
+
+
+def test_small_grids_write_the_top_token_in_the_cells(setup):
+    _, tok, _, trace, _ = setup
+    lens = views.logit_lens(trace, [3, 4, 9])
+    fig = views.logit_lens_figure(lens, tok)
+    heat = fig.data[0]
+    assert heat.texttemplate == "%{text}"
+    assert heat.text[2][1] == style.token_label(tok.decode([int(lens.top_ids[2, 1])]), max_len=6)
+    assert "3 of" in fig.layout.title.text and "last" not in fig.layout.title.text
