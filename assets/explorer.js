@@ -1,11 +1,11 @@
 // Clicking a token anywhere (a text chip or a point of a plot) selects it everywhere: the position goes into
-// the hidden #selected-pos box, whose input event the server handles.
+// window.__explorerPos and a click on the hidden #select-token button, whose event reads it (see blocks.py).
 (() => {
   function select(pos) {
-    const box = document.querySelector("#selected-pos textarea, #selected-pos input");
-    if (!box || pos === undefined || pos === null || Number.isNaN(Number(pos))) return;
-    box.value = String(pos);
-    box.dispatchEvent(new Event("input", { bubbles: true }));
+    const button = document.querySelector("#select-token");
+    if (!button || pos === undefined || pos === null || Number.isNaN(Number(pos))) return;
+    window.__explorerPos = Number(pos);
+    button.click();
   }
   document.addEventListener("click", (event) => {
     const chip = event.target.closest && event.target.closest(".tok[data-pos]");

@@ -41,7 +41,7 @@ class Projection:
         return ((y.float() - self.mean) @ self.components.T).float()
 
 
-_PCA_ITERATIONS = 30
+_PCA_ITERATIONS = 20
 _PCA_EXTRA = 16  # extra directions carried along: convergence goes as (lambda_{k+extra+1} / lambda_k) ** iterations
 
 

@@ -61,7 +61,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
             status = gr.Markdown("", elem_id="status")
         output = gr.HTML("", elem_id="output", label="Output")
-        selected = gr.Textbox(elem_id="selected-pos", show_label=False, container=False)
+        # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position in the browser
+        select_token = gr.Button("select", elem_id="select-token")
         tabs: dict[str, Any] = {}
         with gr.Tabs(elem_id="tabs"):
             for cls in (TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab):
@@ -78,7 +79,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, limits)
             ids = request.prompt_ids(lm, limits)
             s.start(ids, request.settings())
-            yield {state: s, output: render_output(s), status: "Generating…", **render_tab(s)}
+            yield {state: s, output: render_output(s), status: "Generating…"}  # the tab follows at the first refresh
             next_refresh = time.monotonic() + limits.refresh_seconds
             started = time.monotonic()
             for step in lm.generate(ids, record=True, **request.generate_kwargs()):
@@ -97,8 +98,11 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             s.generating = False
             rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
             reason = s.steps[-1].finish_reason if s.steps else None
-            yield {output: render_output(s), status: f"Done: {len(s.steps)} tokens at {rate:.1f} tok/s"
-                   + (" (end of text)" if reason == "stop" else ""), **render_tab(s)}
+            if s.stop_requested:
+                message = f"Stopped after {len(s.steps)} tokens"
+            else:
+                message = f"Done: {len(s.steps)} tokens at {rate:.1f} tok/s" + (" (end of text)" if reason == "stop" else "")
+            yield {output: render_output(s), status: message, **render_tab(s)}
 
         everything = [state, output, status] + [c for t in tabs.values() for c in t.outputs]
         gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
@@ -112,14 +116,16 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
 
         stop.click(on_stop, [state], everything, cancels=[gen_event], api_visibility="private", queue=False)
 
-        def on_select(value: str, s: Session) -> dict:
+        def on_select(value: Any, s: Session) -> dict:
             try:
                 s.selected = int(value)
             except (TypeError, ValueError):
                 return {}
             return {output: render_output(s), **render_tab(s)}
 
-        selected.input(on_select, [selected, state], everything, api_visibility="private")
+        position = gr.Number(visible=False)
+        select_token.click(on_select, [position, state], everything, api_visibility="private",
+                           js="(position, s) => [window.__explorerPos ?? null, s]")
 
         for title, tab in tabs.items():
             def on_tab(s: Session, title: str = title) -> dict:

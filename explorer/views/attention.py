@@ -143,9 +143,9 @@ def attention_map_figure(
     ticks = style.thin_ticks(len(labels), max_ticks=24)
     axis = dict(type="category", tickmode="array", tickvals=[labels[i] for i in ticks],
                 ticktext=[style.token_label(texts[i]) for i in ticks], showgrid=False, zeroline=False)
-    fig.update_xaxes(title_text="…to token j (key)", tickangle=-60, **axis)
-    fig.update_yaxes(title_text="token i attends… (query)", autorange="reversed", scaleanchor="x",
-                     constrain="domain", **axis)
+    fig.update_xaxes(title_text="…to token j (key)", tickangle=-60, constrain="domain", constraintoward="left",
+                     **axis)
+    fig.update_yaxes(title_text="token i attends… (query)", autorange="reversed", scaleanchor="x", **axis)
     if selected is not None and start <= selected < n_tokens:
         row = selected - start
         fig.add_shape(type="rect", x0=-0.5, x1=row + 0.5, y0=row - 0.5, y1=row + 0.5,

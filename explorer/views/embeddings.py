@@ -47,15 +47,23 @@ def _scatter(dims: int, xyz: np.ndarray, gl: bool = False, **kwargs) -> go.Scatt
     return (go.Scattergl if gl else go.Scatter)(x=xyz[:, 0], y=xyz[:, 1], **kwargs)
 
 
-def _finish(fig: go.Figure, dims: int, titles: list[str], title: str, height: int) -> go.Figure:
+def _label_font(dims: int, size: int, colour: str | None = None) -> dict:
+    # a white halo keeps labels readable over the grey cloud; 3-D text has no shadow property
+    return dict(size=size, color=colour) if dims == 3 else dict(size=size, color=colour, shadow="0px 0px 3px white")
+
+
+def _finish(fig: go.Figure, dims: int, titles: list[str], title: str, height: int, top_margin: int = 85) -> go.Figure:
+    fig = style.layout(fig, title, height, legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0.0),
+                       uirevision="embeddings")
     if dims == 3:
         fig.update_layout(scene=dict(xaxis_title=titles[0], yaxis_title=titles[1], zaxis_title=titles[2]),
-                          scene_camera=dict(eye=dict(x=1.4, y=1.4, z=0.9)))
+                          scene_camera=dict(eye=dict(x=1.5, y=1.5, z=0.9)),
+                          margin=dict(l=0, r=0, b=0, t=top_margin))
     else:
         fig.update_xaxes(title=titles[0], zeroline=False)
         fig.update_yaxes(title=titles[1], zeroline=False)
-    return style.layout(fig, title, height, legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.0),
-                        uirevision="embeddings")
+        fig.update_layout(margin=dict(t=top_margin))
+    return fig
 
 
 def embedding_projection_figure(
@@ -106,7 +114,7 @@ def embedding_projection_figure(
             dims, ctx_xyz[members], mode="markers+text", name=f"{name} tokens",
             marker=dict(size=6 if dims == 3 else 9, color=colour, line=dict(color="white", width=1)),
             text=[labels[unique[k]] if unique[k] in labelled else "" for k in members],
-            textposition="top center", textfont=dict(size=13, color=colour),
+            textposition="top center", textfont=_label_font(dims, 13, colour),
             hovertext=[hover[k] for k in members], hoverinfo="text",
         ))
     if selected_id is not None:
@@ -115,7 +123,7 @@ def embedding_projection_figure(
             dims, ctx_xyz[k: k + 1], mode="markers+text", name="selected",
             marker=dict(size=11 if dims == 3 else 17, color=style.SELECTED, line=dict(color="black", width=1.5)),
             text=[labels[selected_id]], textposition="top center",
-            textfont=dict(size=16, color=style.SELECTED), hovertext=[hover[k]], hoverinfo="text",
+            textfont=_label_font(dims, 16, style.SELECTED), hovertext=[hover[k]], hoverinfo="text",
         ))
     title = "Input embeddings e<sub>i</sub> = E[x<sub>i</sub>]: rows of the embedding matrix, PCA"
     return _finish(fig, dims, _axis_titles(projection.explained_variance_ratio), title, height)
@@ -126,12 +134,12 @@ def neighbours_html(E: torch.Tensor, token_id: int, tokenizer: Tokenizer, k: int
     token_id = int(token_id)
     n_vocab = _vocab_rows(E, tokenizer)
     ids, sims = nearest_tokens(E[:n_vocab], E[token_id], k, exclude=[token_id])
-    label = style.escape(_visible(token_text(tokenizer, token_id)))
+    label = style.token_label(token_text(tokenizer, token_id), max_len=40)
     cell = "padding:2px 10px;border-bottom:1px solid #EEE"
     mono = "font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre"
     rows = "".join(
         f'<tr><td style="{cell};color:#888">{rank}</td>'
-        f'<td style="{cell};{mono}">{style.escape(_visible(token_text(tokenizer, i)))}</td>'
+        f'<td style="{cell};{mono}">{style.token_label(token_text(tokenizer, i), max_len=40)}</td>'
         f'<td style="{cell};text-align:right;color:#666">{i}</td>'
         f'<td style="{cell};text-align:right;font-variant-numeric:tabular-nums">{sim:.3f}</td></tr>'
         for rank, (i, sim) in enumerate(zip(ids, sims), start=1))
@@ -141,10 +149,6 @@ def neighbours_html(E: torch.Tensor, token_id: int, tokenizer: Tokenizer, k: int
             f'<div style="margin-bottom:6px">Nearest tokens to <b style="{mono}">{label}</b> (id {token_id}): '
             f"cosine similarity between rows of the embedding matrix E</div>"
             f'<table style="border-collapse:collapse"><tr>{head}</tr>{rows}</table></div>')
-
-
-def _visible(text: str) -> str:
-    return text.replace(" ", "·").replace("\n", "↵").replace("\t", "→").replace("\r", "␍") or "∅"
 
 
 def _evenly(n: int, count: int) -> list[int]:
@@ -185,13 +189,11 @@ def trajectory_figure(trace: Trace, position: int, tokenizer: Tokenizer, dims: i
                         colorscale=style.SEQUENTIAL, cmin=-n_states / 3, cmax=n_states - 1,
                         line=dict(color=style.SELECTED, width=1)) if main else None,
             text=[short[i] if i in shown else "" for i in range(n_states)] if main else None,
-            textposition="top center", textfont=dict(size=13), customdata=custom, opacity=1.0 if main else 0.7,
+            textposition="top center", textfont=_label_font(dims, 13), customdata=custom, opacity=1.0 if main else 0.7,
             hovertemplate=f"position {p}: {token}<br>%{{customdata[0]}}<br>‖h‖ = %{{customdata[1]:.1f}}<extra></extra>",
         ))
     fit_note = f"{len(fit_positions)} of {T} positions" if len(fit_positions) < T else f"all {T} positions"
     title = (f"Hidden state of position {position} ({style.token_label(token_text(tokenizer, ids[position]))}) "
              f"through the layers<br><sup>PCA of every layer's hidden states at {fit_note}, each vector divided "
              f"by its RMS first so the late layers' large norms don't dominate; hover shows the raw norm</sup>")
-    fig = _finish(fig, dims, _axis_titles(projection.explained_variance_ratio), title, height)
-    fig.update_layout(margin=dict(t=80))
-    return fig
+    return _finish(fig, dims, _axis_titles(projection.explained_variance_ratio), title, height, top_margin=105)

@@ -28,37 +28,69 @@ class LogitLens:
     next_probs: torch.Tensor  # [L+1, P] float32: probability of the actual next token (NaN where none follows)
 
 
-@torch.inference_mode()
-def logit_lens(trace: Trace, positions: Sequence[int] | None = None, last: int = 48) -> LogitLens:
-    """Read out the residual stream at `positions` (default: the last `last` of the context) after the embedding
-    and after every layer. Only top-1 and the next token's probability are kept, a chunk of rows at a time, so
-    memory stays bounded ((L+1) x P x vocab logits would be 290 MB for 48 positions on SmolLM2)."""
-    n_tokens = len(trace)
-    positions = list(range(max(0, n_tokens - last), n_tokens)) if positions is None else [int(p) for p in positions]
-    if any(not 0 <= p < n_tokens for p in positions):
-        raise IndexError(f"positions must be in 0..{n_tokens - 1}")
-    ids = trace.ids.tolist()
-    next_ids = [ids[p + 1] if p + 1 < n_tokens else None for p in positions]
+class LensCache:
+    """Read-outs of one growing context, per position, reused across calls: the residual stream at position p
+    depends only on tokens 0..p, so while generating, each call only reads out the new positions (and the one
+    whose next token just arrived). Hand the same cache to logit_lens for one session; a new prompt resets it."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.columns: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # p -> 3 x [L+1]
+
+    def sync(self, ids: list[int]) -> None:
+        """Forget the positions whose prefix or next token differ in ids."""
+        common = next((i for i, (a, b) in enumerate(zip(self.ids, ids)) if a != b), min(len(self.ids), len(ids)))
+        same = common == len(self.ids) == len(ids)
+        self.columns = {p: c for p, c in self.columns.items() if p + 1 < common or (same and p + 1 == common)}
+        self.ids = list(ids)
+
+
+def _read_out(trace: Trace, positions: list[int], next_ids: list[int | None]) -> tuple[torch.Tensor, ...]:
+    """(top ids, top probs, next-token probs), each [L+1, P], a chunk of rows at a time; the reductions run where
+    the model is, so only these small results come back to the CPU."""
     decoder = trace.decoder
     weight = decoder.embed.weight
     h = trace.residual[:, positions]  # [L+1, P, d]
     rows = h.reshape(-1, h.shape[-1])  # [(L+1) * P, d]
-    targets = torch.tensor([n if n is not None else 0 for n in next_ids]).repeat(h.shape[0])
-    has_next = torch.tensor([n is not None for n in next_ids]).repeat(h.shape[0])
+    targets = torch.tensor([n if n is not None else 0 for n in next_ids], device=weight.device).repeat(h.shape[0])
     chunk = max(1, CHUNK_BYTES // (4 * decoder.config.vocab_size))
     top_ids, top_probs, next_probs = [], [], []
     for start in range(0, rows.shape[0], chunk):
-        logits = decoder.unembed(rows[start : start + chunk].to(device=weight.device, dtype=weight.dtype)).cpu()
+        logits = decoder.unembed(rows[start : start + chunk].to(device=weight.device, dtype=weight.dtype))
         norm = torch.logsumexp(logits, dim=-1)
         best, best_id = logits.max(dim=-1)
         target = logits.gather(1, targets[start : start + chunk, None])[:, 0]
-        top_ids.append(best_id)
-        top_probs.append(torch.exp(best - norm))
-        next_probs.append(torch.exp(target - norm))
+        top_ids.append(best_id.cpu())
+        top_probs.append(torch.exp(best - norm).cpu())
+        next_probs.append(torch.exp(target - norm).cpu())
     shape = (h.shape[0], len(positions))
-    next_p = torch.cat(next_probs).masked_fill(~has_next, float("nan"))
-    return LogitLens(n_tokens, positions, [ids[p] for p in positions], next_ids,
-                     torch.cat(top_ids).reshape(shape), torch.cat(top_probs).reshape(shape), next_p.reshape(shape))
+    has_next = torch.tensor([n is not None for n in next_ids])
+    next_p = torch.cat(next_probs).reshape(shape).masked_fill(~has_next, float("nan"))
+    return torch.cat(top_ids).reshape(shape), torch.cat(top_probs).reshape(shape), next_p
+
+
+@torch.inference_mode()
+def logit_lens(trace: Trace, positions: Sequence[int] | None = None, last: int = 48,
+               cache: LensCache | None = None) -> LogitLens:
+    """Read out the residual stream at `positions` (default: the last `last` of the context) after the embedding
+    and after every layer. Only top-1 and the next token's probability are kept, so memory stays bounded
+    ((L+1) x P x vocab logits would be 290 MB for 48 positions on SmolLM2). With a cache, positions already
+    read out for the same prefix are not computed again."""
+    n_tokens = len(trace)
+    positions = list(range(max(0, n_tokens - last), n_tokens)) if positions is None else [int(p) for p in positions]
+    if not positions or any(not 0 <= p < n_tokens for p in positions):
+        raise IndexError(f"positions must be some of 0..{n_tokens - 1}, got {positions[:5]}")
+    ids = trace.ids.tolist()
+    next_ids = [ids[p + 1] if p + 1 < n_tokens else None for p in positions]
+    cache = cache if cache is not None else LensCache()
+    cache.sync(ids)
+    todo = sorted({p for p in positions if p not in cache.columns})
+    if todo:
+        fresh = _read_out(trace, todo, [ids[p + 1] if p + 1 < n_tokens else None for p in todo])
+        for i, p in enumerate(todo):
+            cache.columns[p] = tuple(t[:, i].clone() for t in fresh)
+    top_ids, top_probs, next_probs = (torch.stack([cache.columns[p][k] for p in positions], dim=1) for k in range(3))
+    return LogitLens(n_tokens, positions, [ids[p] for p in positions], next_ids, top_ids, top_probs, next_probs)
 
 
 def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer, selected: int | None = None,

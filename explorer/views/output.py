@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from plotly.colors import sample_colorscale
+from plotly.colors import sample_colorscale, unlabel_rgb
 
 from model.tokenizer import Tokenizer
 
@@ -18,7 +18,8 @@ class StepLike(Protocol):
 
 
 # light to strong, stopping before the darkest blues so dark text stays readable on every tint
-_TINTS: list[str] = sample_colorscale(style.SEQUENTIAL, [0.04 + 0.56 * i / 100 for i in range(101)], colortype="rgb")
+_TINTS: list[str] = ["#%02x%02x%02x" % tuple(round(v) for v in unlabel_rgb(c))
+                     for c in sample_colorscale(style.SEQUENTIAL, [0.03 + 0.47 * i / 100 for i in range(101)])]
 
 _CSS = (
     "<style>"
@@ -70,7 +71,7 @@ def output_html(
         else:
             shown = '<span class="nl">⋯</span>'  # part of a character; the next token completes it
         p = min(max(float(step.prob), 0.0), 1.0)
-        tip = f"p = {p:.4f} · rank {_rank(step)} · position {step.position} · id {step.token_id}"
+        tip = style.escape(f"p = {p:.3g} · rank {_rank(step)} · id {step.token_id}")
         out.append(f'<span class="{classes}" data-pos="{step.position}" title="{tip}" '
                    f'style="background:{_TINTS[round(p * 100)]}">{shown}</span>')
     out.append("</div>")

@@ -19,7 +19,7 @@ MUTED = "#6B6B6B"
 _CSS = (
     "<style>"
     ".tokchips{font-family:%(font)s;line-height:1.15}"
-    ".tokchips .tok{display:inline-flex;flex-direction:column;align-items:center;vertical-align:top;"
+    ".tokchips .tok,.tokchips .kc{display:inline-flex;flex-direction:column;align-items:center;vertical-align:top;"
     "margin:2px 1px;padding:1px 4px;border:1px solid;border-radius:4px;cursor:pointer}"
     ".tokchips .t{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:16px;white-space:pre}"
     ".tokchips .i{font-size:10px;color:%(muted)s}"
@@ -125,8 +125,8 @@ def token_chips_html(
     split = split_characters(chunks) if any(not _is_text(c) for c in chunks) else {}
     total = sum(logprobs) if logprobs else 0.0
     out = [_CSS, '<div class="tokchips">',
-           '<div class="key"><span class="tok p">prompt</span> <span class="tok g">generated</span> '
-           '<span class="tok s">special</span> · space ↵ newline → tab '
+           '<div class="key"><span class="kc p">prompt</span> <span class="kc g">generated</span> '
+           '<span class="kc s">special</span> · space ↵ newline → tab '
            f'<span style="color:{HEX_COLOUR}">&lt;0xF0&gt;</span> a byte of a character split across tokens</div>']
     for pos, (token_id, chunk, string) in enumerate(zip(ids, chunks, strings)):
         special = tokenizer.is_special(token_id)
@@ -147,10 +147,9 @@ def token_chips_html(
         elif logprobs is not None and pos - 1 < len(logprobs):
             tip.append(_share_text(logprobs[pos - 1], total))
         pieces = token_pieces(tokenizer, token_id)
-        newline = "\n" in chunk.decode("utf-8", errors="replace") and not special
         out.append(f'<span class="{" ".join(classes)}" data-pos="{pos}" title="{style.escape(chr(10).join(tip))}">'
                    f'<span class="t">{_chip_html(pieces)}</span><span class="i">{token_id}</span></span>')
-        if newline:
+        if b"\n" in chunk and not special:
             out.append("<br>")
     out.append("</div>")
     return "".join(out)
@@ -205,7 +204,7 @@ def logprob_share_figure(
     logprobs: Sequence[float],
     selected: int | None = None,
     n_prompt: int | None = None,
-    height: int = 380,
+    height: int = 440,
 ) -> go.Figure:
     """One bar per token x_t (t >= 1): its surprisal −log P(x_t | x_<t) in nats; the bars add up to −log P(X).
     logprobs[t - 1] belongs to position t. Bars are orange from position n_prompt on, when it is given."""
@@ -215,6 +214,8 @@ def logprob_share_figure(
     surprisal = -np.asarray(logprobs, dtype=np.float32)
     total = float(surprisal.sum())
     labels = [style.token_label(token_text(tokenizer, i)) for i in ids]
+    ticks = style.thin_ticks(len(ids))
+    tick_labels = [style.token_label(token_text(tokenizer, ids[t]), max_len=8) for t in ticks]
     colours = [style.GENERATED if n_prompt is not None and t >= n_prompt else style.PROMPT for t in positions]
     if selected is not None and 1 <= selected <= n:
         colours[selected - 1] = style.SELECTED
@@ -230,10 +231,10 @@ def logprob_share_figure(
         mean = total / n
         fig.add_hline(y=mean, line=dict(color=MUTED, dash="dot", width=1),
                       annotation_text=f"mean {mean:.2f} = log perplexity", annotation_position="top right")
-    ticks = style.thin_ticks(len(ids))
-    fig.update_xaxes(title="token position (the first token has no prediction)", range=[-0.5, len(ids) - 0.5],
-                     tickmode="array", tickvals=ticks, ticktext=[labels[t] for t in ticks], tickangle=-50)
-    fig.update_yaxes(title="surprisal −log P(x<sub>t</sub> | x<sub>&lt;t</sub>) (nats)", rangemode="tozero")
-    title = f"How surprised the model was by each token · −log P(X) = {total:.1f} nats" if n else \
-        "How surprised the model was by each token"
+    fig.update_xaxes(title="position t (x<sub>0</sub> has no prediction)", range=[-0.5, len(ids) - 0.5],
+                     tickmode="array", tickvals=ticks, ticktext=tick_labels, tickangle=-50)
+    fig.update_yaxes(title="−log p (nats)", rangemode="tozero")
+    title = "Surprisal of each token: −log P(x<sub>t</sub> | x<sub>&lt;t</sub>)"
+    if n:
+        title += f" · they add up to −log P(X) = {total:.1f} nats"
     return style.layout(fig, title, height, showlegend=False, bargap=0.15)

@@ -1,6 +1,8 @@
 """The logit lens on a real trace of the embedded model: numbers against a direct read-out, and the figure."""
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -55,6 +57,25 @@ def test_every_layer_reads_out_its_own_residual_stream(setup):
     torch.testing.assert_close(chunked.top_probs, lens.top_probs)
     with pytest.raises(IndexError):
         views.logit_lens(trace, [len(ids)])
+
+
+def test_a_cache_reads_out_only_new_positions_and_forgets_a_changed_prefix(setup):
+    lm, _, ids, trace, lens = setup
+    cache = views.LensCache()
+    shorter = lm.trace(ids[:-1])
+    views.logit_lens(shorter, last=19, cache=cache)
+    with mock.patch.object(views, "_read_out", side_effect=views._read_out) as spy:
+        cached = views.logit_lens(trace, last=20, cache=cache)
+        # the new position, and the previous last one whose next token is now known
+        assert spy.call_args.args[1] == [len(ids) - 2, len(ids) - 1]
+        assert torch.equal(cached.top_ids, lens.top_ids)
+        torch.testing.assert_close(cached.top_probs, lens.top_probs)
+        torch.testing.assert_close(cached.next_probs, lens.next_probs, equal_nan=True)
+        views.logit_lens(trace, last=20, cache=cache)
+        assert spy.call_count == 1  # same context again: nothing to compute
+        changed = ids[:-3] + [ids[0]]
+        views.logit_lens(lm.trace(changed), last=5, cache=cache)
+        assert spy.call_args.args[1] == [len(ids) - 4, len(ids) - 3]
 
 
 def test_figure_is_layers_by_positions(setup):

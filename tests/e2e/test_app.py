@@ -1,0 +1,131 @@
+"""End to end, as a user: type, Generate, watch tokens arrive, open every tab, Stop, and hostile prompts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+TABS = {  # tab -> the plot that must render with data
+    "Tokens": "#token-share",
+    "Embeddings": "#emb-projection",
+    "Attention": "#attn-map",
+    "Next token": "#next-token-bars",
+    "Logit lens": "#logit-lens",
+}
+
+
+def set_prompt(page, text: str, max_new: int | None = None, greedy: bool = False) -> None:
+    page.fill("#prompt textarea", text)
+    if max_new is not None:
+        box = page.locator("#max-new-tokens input[type=number]")
+        box.fill(str(max_new))
+        box.press("Enter")
+    if greedy:
+        page.locator("#greedy input").check()
+
+
+def generated_count(page) -> int:
+    return page.locator("#output .tok").count()
+
+
+def wait_done(page, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = page.inner_text("#status")
+        if status.startswith(("Done", "Stopped")):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"generation did not finish; status {page.inner_text('#status')!r}")
+
+
+def plot_points(page, selector: str) -> int:
+    """Number of data values drawn by the plotly figure inside selector (0 if none rendered)."""
+    return page.evaluate(
+        """(sel) => { const el = document.querySelector(sel + ' .js-plotly-plot');
+             if (!el || !el._fullData) return 0;
+             return el._fullData.reduce((n, t) => n + ((t.z && t.z.length) || (t.x && t.x.length) || 0), 0); }""",
+        selector)
+
+
+WATCH_OUTPUT = """() => {
+    window.__counts = []; window.__t0 = performance.now(); window.__firstAt = null;
+    const out = document.querySelector('#output');
+    new MutationObserver(() => {
+        const n = out.querySelectorAll('.tok').length;
+        if (n && window.__firstAt === null) window.__firstAt = performance.now() - window.__t0;
+        if (window.__counts[window.__counts.length - 1] !== n) window.__counts.push(n);
+    }).observe(out, {childList: true, subtree: true, characterData: true});
+}"""
+
+
+def test_tokens_stream_one_by_one_and_every_tab_renders(page, screenshots):
+    set_prompt(page, "The capital of France is", max_new=24)
+    page.evaluate(WATCH_OUTPUT)
+    page.click("#generate")
+    status = wait_done(page)
+    counts = page.evaluate("() => window.__counts")
+    first_token_at = page.evaluate("() => window.__firstAt") / 1000
+    final = generated_count(page)
+    intermediate = [c for c in counts if 0 < c < final]
+    assert len(set(intermediate)) >= 2, f"saw only {counts}: tokens did not stream"
+    assert "Paris" in page.inner_text("#output")
+    print(f"first token on screen after {first_token_at:.2f} s; {len(counts)} states; {status}")
+    page.screenshot(path=str(screenshots / "generation.png"))
+    for tab, plot in TABS.items():
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_function(
+            "(sel) => { const el = document.querySelector(sel + ' .js-plotly-plot');"
+            " return el && el.data && el.data.length > 0 && !el.layout.annotations?.some("
+            "a => (a.text || '').includes('Type a prompt')); }", arg=plot, timeout=30000)
+        assert plot_points(page, plot) > 0, tab
+        time.sleep(0.5)
+        page.screenshot(path=str(screenshots / f"tab-{tab.lower().replace(' ', '-')}.png"), full_page=True)
+    assert not page.js_errors
+
+
+def test_stop_ends_a_long_generation_and_keeps_the_text(page):
+    set_prompt(page, "Write a long story about a dragon who learns to read.", max_new=256)
+    page.click("#generate")
+    page.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 5", timeout=60000)
+    page.click("#stop")
+    status = wait_done(page, 30)
+    assert status.startswith("Stopped")
+    shown = page.inner_text("#output")
+    n = generated_count(page)
+    assert 5 <= n < 256
+    time.sleep(2)
+    assert page.inner_text("#output") == shown, "the text changed after Stop"
+
+
+def test_script_prompt_is_shown_as_text(page):
+    hostile = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> hi'
+    set_prompt(page, hostile, max_new=3, greedy=True)
+    page.click("#generate")
+    wait_done(page)
+    assert page.evaluate("() => window.__pwned") is None
+    assert "<script>" in page.inner_text("#output")
+    page.get_by_role("tab", name="Tokens").click()
+    page.wait_for_function("() => document.querySelector('#token-chips').innerText.includes('script')")
+    assert page.evaluate("() => window.__pwned") is None
+    assert page.locator("#output script, #token-chips script, #output img, #token-chips img").count() == 0
+
+
+def test_clicking_a_token_selects_it_everywhere(page):
+    set_prompt(page, "One two three four five", max_new=4, greedy=True)
+    page.click("#generate")
+    wait_done(page)
+    page.get_by_role("tab", name="Attention").click()
+    page.wait_for_selector("#attn-text .tok")
+    chip = page.locator("#output .tok").first
+    pos = int(chip.get_attribute("data-pos"))
+    chip.click()
+    # the attention text names the selected query token, and the output marks it
+    page.wait_for_function(f"() => document.querySelector('#attn-text').innerText.includes('token {pos}')",
+                           timeout=20000)
+    assert "sel" in page.locator(f'#output .tok[data-pos="{pos}"]').get_attribute("class")
+    page.get_by_role("tab", name="Tokens").click()
+    is_selected = "(sel) => document.querySelector(sel)?.classList.contains('sel')"
+    page.wait_for_function(is_selected, arg=f'#token-chips .tok[data-pos="{pos}"]', timeout=20000)
+    # and a chip in the Tokens tab selects too: pick the first token of the prompt
+    page.locator('#token-chips .tok[data-pos="0"]').click()
+    page.wait_for_function(is_selected, arg='#token-chips .tok[data-pos="0"]', timeout=20000)
