@@ -20,6 +20,9 @@ $(VENV)/.runtime: requirements.txt
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
+	# browser tests drive Debian's Chromium (Playwright's own browser download does not work offline)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
+		|| (sudo apt-get update -q && sudo apt-get install -y -q chromium)
 	touch $@
 
 run: setup

@@ -11,15 +11,15 @@
     const chip = event.target.closest && event.target.closest(".tok[data-pos]");
     if (chip) select(chip.dataset.pos);
   });
-  // plots: a point whose customdata starts with a position selects it (see explorer/views: `position` customdata)
+  // plots: a trace whose meta is "x-position" has token positions on x; "position": first entry of customdata
   function bind(plot) {
     if (plot.__explorerBound || !plot.on) return;
     plot.__explorerBound = true;
     plot.on("plotly_click", (data) => {
       const point = data && data.points && data.points[0];
-      if (!point || !point.data || point.data.meta !== "position") return;
-      const cd = Array.isArray(point.customdata) ? point.customdata[0] : point.customdata;
-      select(cd);
+      const meta = point && point.data && point.data.meta;
+      if (meta === "x-position") select(point.x);
+      if (meta === "position") select(Array.isArray(point.customdata) ? point.customdata[0] : point.customdata);
     });
   }
   new MutationObserver(() => document.querySelectorAll(".js-plotly-plot").forEach(bind))

@@ -24,12 +24,14 @@ class Session:
     stop_requested: bool = False
     _full_trace: Trace | None = None
     _cache: dict[tuple, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # objects a tab keeps for one context (e.g. caches)
 
     def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
         self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
         self.selected, self.step_index, self._full_trace = None, None, None
         self.generating, self.stop_requested = True, False
         self._cache.clear()
+        self.extras.clear()
 
     def add(self, step: Step) -> None:
         self.steps.append(step)

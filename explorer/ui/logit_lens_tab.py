@@ -7,7 +7,7 @@ import gradio as gr
 
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
-from explorer.views.logit_lens import logit_lens, logit_lens_figure
+from explorer.views.logit_lens import LensCache, logit_lens, logit_lens_figure
 from model import LanguageModel
 
 EXPLAIN = ("The **logit lens** reads the residual stream after every block through the model's own final norm "
@@ -32,5 +32,6 @@ class LogitLensTab:
         trace = s.trace(self.lm)
         if trace is None:
             return [placeholder(EMPTY_HINT)]
-        lens = s.cached(("lens", len(trace)), lambda: logit_lens(trace, last=POSITIONS))
+        cache = s.extras.setdefault("lens", LensCache())  # while streaming only new positions are read out
+        lens = s.cached(("lens", len(trace)), lambda: logit_lens(trace, last=POSITIONS, cache=cache))
         return [logit_lens_figure(lens, self.lm.tokenizer, s.position(trace))]

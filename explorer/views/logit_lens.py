@@ -119,7 +119,7 @@ def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer, selected: int | Non
     show_text = n_pos <= text_max_positions
     fig = go.Figure(go.Heatmap(
         z=lens.top_probs.numpy().astype(np.float32), x=lens.positions, y=list(range(n_rows)), zmin=0, zmax=1,
-        colorscale=style.SEQUENTIAL, customdata=custom,
+        colorscale=style.SEQUENTIAL, customdata=custom, meta="x-position",  # clicks select the position
         text=[[short[i] for i in row] for row in top_ids] if show_text else None,
         texttemplate="%{text}" if show_text else None, textfont=dict(size=11),
         colorbar=dict(title=dict(text="p(top)", side="right"), thickness=12),

@@ -29,7 +29,8 @@ def generation(embedded_lm):
 
 def _spans(text: str) -> list[tuple[int, str, str, str]]:
     """(data-pos, title, style, inner html) of each token span."""
-    pattern = r'<span class="tok[^"]*" data-pos="(\d+)" title="([^"]*)" style="([^"]*)">(.*?)</span>(?=<span class="tok|</div>)'
+    pattern = (r'<span class="tok[^"]*" data-pos="(\d+)" title="([^"]*)" style="([^"]*)">(.*?)</span>'
+               r'(?=<span class="tok|</div>)')
     return [(int(p), t, s, inner) for p, t, s, inner in re.findall(pattern, text, flags=re.S)]
 
 
