@@ -45,7 +45,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             prompt = gr.Textbox(label="Prompt", lines=2, scale=6, elem_id="prompt",
                                 value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)
             with gr.Column(scale=2, min_width=220):
-                examples = gr.Dropdown([e["label"] for e in EXAMPLES], label="Examples", elem_id="examples")
+                examples = gr.Dropdown([e["label"] for e in EXAMPLES], value=None, label="Examples", elem_id="examples")
                 chat = gr.Checkbox(label="Chat template", value=False, elem_id="chat",
                                    interactive=tok.chat_template is not None)
         with gr.Row(equal_height=True):
@@ -82,10 +82,14 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             yield {state: s, output: render_output(s), status: "Generating…"}  # the tab follows at the first refresh
             next_refresh = time.monotonic() + limits.refresh_seconds
             started = time.monotonic()
+            next_text = 0.0
             for step in lm.generate(ids, record=True, **request.generate_kwargs()):
                 if s.stop_requested:
                     break
                 s.add(step)
+                if time.monotonic() < next_text:
+                    continue  # the browser redraws at most text_hz times a second; tokens in between ride along
+                next_text = time.monotonic() + 1 / limits.text_hz
                 update = {output: render_output(s),
                           status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
                 if time.monotonic() >= next_refresh:
@@ -106,7 +110,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
 
         everything = [state, output, status] + [c for t in tabs.values() for c in t.outputs]
         gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
-                                                 state], everything, api_visibility="private",
+                                                 state], everything, api_visibility="private", show_progress="hidden",
                                    concurrency_limit=limits.max_concurrent, concurrency_id="generate")
 
         def on_stop(s: Session) -> dict:

@@ -1,7 +1,9 @@
 """What the tabs share: the model, and a placeholder figure for when there is nothing to show yet."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
 
 import plotly.graph_objects as go
 
@@ -11,13 +13,26 @@ from model import LanguageModel
 
 @dataclass(frozen=True)
 class Limits:
-    """Server-side caps that the UI and the API both obey."""
+    """Server-side caps that the UI and the API both obey; each settable as EXPLORER_<NAME> in the environment."""
 
     max_prompt_tokens: int = 1024
     max_new_tokens: int = 256
     max_top_k: int = 1000
     max_concurrent: int = 2  # generations running at once; more wait in the queue
     refresh_seconds: float = 0.8  # heavy plots refresh at most this often while tokens stream
+    text_hz: float = 20.0  # the streamed text updates at most this often
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Limits":
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f"EXPLORER_{f.name.upper()}")
+            if raw is not None:
+                try:
+                    values[f.name] = type(getattr(cls, f.name))(raw)
+                except ValueError:
+                    raise SystemExit(f"EXPLORER_{f.name.upper()}={raw!r} is not a valid {f.type}") from None
+        return cls(**values)
 
 
 def placeholder(message: str, height: int = 360) -> go.Figure:

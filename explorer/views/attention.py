@@ -12,6 +12,7 @@ from model.tokenizer import Tokenizer
 from model.trace import Trace
 
 from . import style
+from .text import token_text
 
 SINK_NOTE = "renormalised without the first token (the attention sink)"
 _TINT = (33, 113, 181)  # a dark blue of the Blues scale, so text tints match the maps
@@ -106,7 +107,7 @@ def attention_grid_figure(
 
 
 def _token_texts(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
-    return [tokenizer.decode([int(i)]) for i in ids]
+    return [token_text(tokenizer, int(i)) for i in ids]
 
 
 def attention_map_figure(

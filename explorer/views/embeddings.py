@@ -14,7 +14,7 @@ from model.trace import Trace
 
 from ..analysis import nearest_tokens, pca, vocabulary_sample
 from . import style
-from .tokens import token_text
+from .text import token_text
 
 BACKGROUND_SIZE = 2000  # vocabulary rows drawn behind the context: enough to see the cloud, small to send
 MAX_LABELS = 40  # context tokens labelled with their text; the rest only on hover
@@ -112,6 +112,7 @@ def embedding_projection_figure(
             continue
         fig.add_trace(_scatter(
             dims, ctx_xyz[members], mode="markers+text", name=f"{name} tokens",
+            customdata=[positions[unique[k]][-1] for k in members], meta="position",  # a click selects it
             marker=dict(size=6 if dims == 3 else 9, color=colour, line=dict(color="white", width=1)),
             text=[labels[unique[k]] if unique[k] in labelled else "" for k in members],
             textposition="top center", textfont=_label_font(dims, 13, colour),

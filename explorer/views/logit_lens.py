@@ -13,6 +13,7 @@ from model.tokenizer import Tokenizer
 from model.trace import Trace
 
 from . import style
+from .text import token_text
 
 CHUNK_BYTES = 64 * 2**20  # logits held at once while reading out
 
@@ -101,13 +102,13 @@ def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer, selected: int | Non
     n_layers = n_rows - 1
 
     def decode(token_id: int) -> str:
-        return style.token_label(tokenizer.decode([int(token_id)]))
+        return style.token_label(token_text(tokenizer, int(token_id)))
 
     inputs = [decode(i) for i in lens.input_ids]
     nexts = [decode(i) if i is not None else "— (end of context)" for i in lens.next_ids]
     top_ids = lens.top_ids.tolist()
     vocab_labels = {i: decode(i) for i in set(lens.top_ids.flatten().tolist())}
-    short = {i: style.token_label(tokenizer.decode([i]), max_len=6) for i in vocab_labels}
+    short = {i: style.token_label(token_text(tokenizer, i), max_len=6) for i in vocab_labels}
     top_text = [[vocab_labels[i] for i in row] for row in top_ids]
     next_p = lens.next_probs.numpy()
     row_names = ["the embedding"] + [f"{n} layer{'s' if n > 1 else ''}" for n in range(1, n_layers + 1)]

@@ -11,6 +11,7 @@ from model.lm import Step
 from model.tokenizer import Tokenizer
 
 from . import style
+from .text import token_text
 
 AFTER = "#2F2F2F"  # markers for the probability after the sampler's changes
 
@@ -36,7 +37,7 @@ def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = 20, settings_te
     outlined. If it is not among the top k it gets an extra row at the bottom."""
     rows = _rows(step, k)
     n_top = len(step.top_ids)
-    labels = [f"{style.token_label(tokenizer.decode([tid]))}  #{rank if rank else f'>{n_top}'}"
+    labels = [f"{style.token_label(token_text(tokenizer, tid))}  #{rank if rank else f'>{n_top}'}"
               for tid, rank, *_ in rows]
     index = list(range(len(rows)))
     sampled_row = next(i for i, row in enumerate(rows) if row[0] == step.token_id)
@@ -83,7 +84,7 @@ def timeline_figure(steps: Sequence[Step], tokenizer: Tokenizer, selected_index:
     if not steps:
         return style.layout(fig, "Generate some text to see the timeline", height=300)
     xs = [s.index for s in steps]
-    texts = [style.token_label(tokenizer.decode([s.token_id])) for s in steps]
+    texts = [style.token_label(token_text(tokenizer, s.token_id)) for s in steps]
     fig.add_trace(go.Scatter(
         x=xs, y=[s.entropy for s in steps], name="entropy (nats)", mode="lines+markers",
         line=dict(color=style.PROMPT), customdata=texts,
@@ -113,7 +114,7 @@ def timeline_figure(steps: Sequence[Step], tokenizer: Tokenizer, selected_index:
 def sampler_summary_html(step: Step, temperature: float, top_k: int, top_p: float, greedy: bool,
                          tokenizer: Tokenizer | None = None) -> str:
     """A few sentences on what the sampler did at this step, in the course's words."""
-    token = style.token_label(tokenizer.decode([step.token_id]) if tokenizer else step.text, max_len=24)
+    token = style.token_label(token_text(tokenizer, step.token_id) if tokenizer else step.text, max_len=24)
     chosen = f'<b class="tok" data-pos="{step.position}">{token}</b>'
     spread = (f"The model's distribution has entropy {step.entropy:.2f} nats: about as uncertain as a fair choice "
               f"among {math.exp(step.entropy):.1f} tokens.")

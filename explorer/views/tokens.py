@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from model.tokenizer import Tokenizer
 
 from . import style
+from .text import token_pieces, token_text
 
 SPECIAL_BACKGROUND = "#EFE6F7"
 HEX_COLOUR = "#9C4A00"
@@ -40,33 +41,6 @@ _WHITESPACE_HTML = (
     ("\r", '<span class="w">␍</span>'),
     ("\n", '<span class="w">↵</span>'),
 )
-
-
-def token_pieces(tokenizer: Tokenizer, token_id: int) -> list[tuple[str, bool]]:
-    """What a token shows: (text, False) for decodable text and ("<0xF0>", True) for each byte that is only part
-    of a UTF-8 character. Special tokens show their vocabulary string."""
-    if tokenizer.is_special(token_id):
-        return [(tokenizer.token_strings([token_id])[0], False)]
-    # surrogateescape turns every byte that is not a whole character into one lone surrogate U+DC80..U+DCFF
-    decoded = tokenizer.token_bytes(token_id).decode("utf-8", errors="surrogateescape")
-    pieces: list[tuple[str, bool]] = []
-    text = ""
-    for ch in decoded:
-        if "\udc80" <= ch <= "\udcff":
-            if text:
-                pieces.append((text, False))
-                text = ""
-            pieces.append((f"<0x{ord(ch) - 0xDC00:02X}>", True))
-        else:
-            text += ch
-    if text or not pieces:
-        pieces.append((text, False))
-    return pieces
-
-
-def token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    """A token's text for labels: its decoded text, with bytes of a split character as <0xF0> pieces."""
-    return "".join(text for text, _ in token_pieces(tokenizer, token_id))
 
 
 def split_characters(chunks: Sequence[bytes]) -> dict[int, tuple[str, int, int]]:
@@ -223,7 +197,7 @@ def logprob_share_figure(
     custom = [[labels[t], float(p), float(s / total) if total > 0 else 0.0]
               for t, p, s in zip(positions, probs, surprisal)]
     fig = go.Figure(go.Bar(
-        x=positions, y=surprisal, marker_color=colours, customdata=custom, name="surprisal",
+        x=positions, y=surprisal, marker_color=colours, customdata=custom, name="surprisal", meta="x-position",
         hovertemplate="position %{x}: %{customdata[0]}<br>p = %{customdata[1]:.4f}<br>"
                       "−log p = %{y:.3f} nats<br>%{customdata[2]:.1%} of −log P(X)<extra></extra>",
     ))

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..lm import LanguageModel, _pick_device, default_dtype
-from .embedded import EMBEDDED_NAME, embedded_gguf_path
+from .embedded import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_gguf_path
 from .gguf_file import load_gguf
 from .hf_dir import PICKLE_SUFFIXES, load_hf_dir, refuse_pickle
 from .hub import fetch
@@ -34,10 +34,13 @@ def load_model(
 ) -> LanguageModel:
     """Load a model for tracing and generation.
 
-    source: None (the embedded SmolLM2-135M-Instruct GGUF), a .gguf file, a Hugging Face model directory,
-    or a hub id. device: default CUDA when available, else CPU. dtype: default bf16 on CUDA, float32 on CPU."""
+    source: None (the embedded SmolLM2-135M-Instruct GGUF; from the hub where the package is not installed),
+    a .gguf file, a Hugging Face model directory, or a hub id. device: default CUDA when available, else CPU. dtype: default bf16 on CUDA, float32 on CPU."""
     if source is None:
-        path, label = embedded_gguf_path(), EMBEDDED_NAME
+        try:
+            path, label = embedded_gguf_path(), EMBEDDED_NAME
+        except FileNotFoundError:  # e.g. on a Hugging Face Space, which installs requirements.txt only
+            return load_model(EMBEDDED_HUB_ID, device, dtype)
     else:
         path, label = Path(source).expanduser(), None
     if path.is_dir():

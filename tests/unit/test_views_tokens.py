@@ -10,7 +10,8 @@ import pytest
 
 from explorer.analysis import sequence_logprobs
 from explorer.views import style
-from explorer.views.tokens import logprob_share_figure, split_characters, token_chips_html, token_pieces, \
+from explorer.views.text import token_pieces
+from explorer.views.tokens import logprob_share_figure, split_characters, token_chips_html, \
     token_stats_html
 
 TEXT = "Party 🎉 at <script>alert(1)</script> <img src=x onerror=alert(1)>\n\tdone.  The end. "
