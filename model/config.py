@@ -12,6 +12,8 @@ SUPPORTED_FAMILIES = {
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "gpt2": "gpt2",
+    "deepseek_v3": "deepseek_v3",
+    "kimi_k2": "deepseek_v3",
 }
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM (SmolLM2, TinyLlama, Llama 2/3)",
@@ -19,6 +21,7 @@ SUPPORTED_ARCHITECTURES = (
     "Qwen2ForCausalLM (Qwen2, Qwen2.5)",
     "Qwen3ForCausalLM",
     "GPT2LMHeadModel",
+    "DeepseekV3ForCausalLM (DeepSeek-V3, Kimi-K2, Moonlight)",
 )
 GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
@@ -33,7 +36,7 @@ def unsupported(what: str) -> UnsupportedModelError:
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """Rotary position embedding: base frequency and optional scaling ("linear" or "llama3")."""
+    """Rotary position embedding: base frequency and optional scaling ("linear", "llama3" or "yarn")."""
 
     theta: float = 10000.0
     kind: str = "default"
@@ -41,6 +44,50 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_positions: int = 8192
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0
+    mscale: float = 0.0
+    mscale_all_dim: float = 0.0
+    attention_factor: float | None = None
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head Latent Attention (DeepSeek-V2/V3): queries through an optional low-rank bottleneck, keys and
+    values expanded from one compressed latent per token, plus a small decoupled rotary part shared by all heads."""
+
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_dim: int
+    qk_rope_dim: int
+    v_head_dim: int
+    rope_interleave: bool = True  # checkpoint stores rotary dims as interleaved pairs
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_dim + self.qk_rope_dim
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Mixture of Experts feed-forward (DeepSeek-V3): routed experts chosen per token plus always-on shared ones."""
+
+    n_routed_experts: int
+    n_shared_experts: int
+    n_experts_per_tok: int
+    d_ff_expert: int
+    first_k_dense: int = 0
+    layer_freq: int = 1
+    scoring: str = "sigmoid"  # "sigmoid" | "softmax"
+    topk_method: str = "noaux_tc"  # "noaux_tc" (bias used for choosing only) | "greedy" | "group_limited_greedy"
+    n_group: int = 1
+    topk_group: int = 1
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return layer >= self.first_k_dense and layer % self.layer_freq == 0
 
 
 @dataclass(frozen=True)
@@ -66,10 +113,15 @@ class ModelConfig:
     qk_norm: bool = False
     tie_embeddings: bool = False
     sliding_window: tuple[int | None, ...] = ()  # per layer; empty = full attention everywhere
+    mla: MLAConfig | None = None  # set: Multi-head Latent Attention instead of grouped-query attention
+    moe: MoEConfig | None = None  # set: Mixture-of-Experts feed-forward in the layers it names
     name: str = ""
 
     def window(self, layer: int) -> int | None:
         return self.sliding_window[layer] if self.sliding_window else None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.moe is not None and self.moe.is_moe_layer(layer)
 
     @classmethod
     def from_hf_config(cls, cfg: Mapping[str, Any], name: str = "") -> "ModelConfig":
@@ -78,7 +130,11 @@ class ModelConfig:
             archs = cfg.get("architectures") or [model_type]
             raise unsupported(f"unsupported architecture {archs[0]!r} (model_type {model_type!r})")
         family = SUPPORTED_FAMILIES[model_type]
-        return _gpt2_from_hf(cfg, name) if family == "gpt2" else _llama_like_from_hf(cfg, family, name)
+        if family == "gpt2":
+            return _gpt2_from_hf(cfg, name)
+        if family == "deepseek_v3":
+            return _deepseek_from_hf(cfg, name)
+        return _llama_like_from_hf(cfg, family, name)
 
     @classmethod
     def from_gguf_metadata(cls, meta: Mapping[str, Any], has_output_weight: bool, name: str = "") -> "ModelConfig":
@@ -134,7 +190,16 @@ def _rope_from_hf(cfg: Mapping[str, Any]) -> RopeConfig:
             low_freq_factor=float(params["low_freq_factor"]), high_freq_factor=float(params["high_freq_factor"]),
             original_max_positions=int(params["original_max_position_embeddings"]),
         )
-    raise unsupported(f"rope scaling {kind!r} is not implemented (default, linear, llama3 are)")
+    if kind == "yarn":
+        factor = float(params["factor"])
+        return RopeConfig(
+            theta=theta, kind="yarn", factor=factor,
+            original_max_positions=int(params["original_max_position_embeddings"]),
+            beta_fast=float(params.get("beta_fast") or 32), beta_slow=float(params.get("beta_slow") or 1),
+            mscale=float(params.get("mscale") or 0), mscale_all_dim=float(params.get("mscale_all_dim") or 0),
+            attention_factor=params.get("attention_factor"), truncate=bool(params.get("truncate", True)),
+        )
+    raise unsupported(f"rope scaling {kind!r} is not implemented (default, linear, llama3, yarn are)")
 
 
 def _llama_like_from_hf(cfg: Mapping[str, Any], family: str, name: str) -> ModelConfig:
@@ -184,4 +249,37 @@ def _gpt2_from_hf(cfg: Mapping[str, Any], name: str) -> ModelConfig:
         max_positions=int(cfg.get("n_positions", 1024)), rope=None, mlp="plain", activation=GPT2_ACTIVATIONS[act],
         qkv_bias=True, out_bias=True, mlp_bias=True, tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
         name=name,
+    )
+
+
+def _deepseek_from_hf(cfg: Mapping[str, Any], name: str) -> ModelConfig:
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise unsupported(f"activation {cfg['hidden_act']!r} in a gated MLP")
+    scoring = cfg.get("scoring_func", "sigmoid")
+    topk_method = cfg.get("topk_method", "noaux_tc")
+    if scoring not in ("sigmoid", "softmax") or topk_method not in ("noaux_tc", "greedy", "group_limited_greedy"):
+        raise unsupported(f"MoE routing {scoring!r} / {topk_method!r}")
+    n_heads = int(cfg["num_attention_heads"])
+    q_lora = cfg.get("q_lora_rank")
+    mla = MLAConfig(
+        q_lora_rank=int(q_lora) if q_lora else None, kv_lora_rank=int(cfg["kv_lora_rank"]),
+        qk_nope_dim=int(cfg["qk_nope_head_dim"]), qk_rope_dim=int(cfg["qk_rope_head_dim"]),
+        v_head_dim=int(cfg["v_head_dim"]), rope_interleave=bool(cfg.get("rope_interleave", True)),
+    )
+    n_routed = cfg.get("n_routed_experts")
+    moe = MoEConfig(
+        n_routed_experts=int(n_routed), n_shared_experts=int(cfg.get("n_shared_experts") or 0),
+        n_experts_per_tok=int(cfg["num_experts_per_tok"]), d_ff_expert=int(cfg["moe_intermediate_size"]),
+        first_k_dense=int(cfg.get("first_k_dense_replace") or 0), layer_freq=int(cfg.get("moe_layer_freq") or 1),
+        scoring=scoring, topk_method=topk_method, n_group=int(cfg.get("n_group") or 1),
+        topk_group=int(cfg.get("topk_group") or 1), norm_topk_prob=bool(cfg.get("norm_topk_prob", True)),
+        routed_scaling_factor=float(cfg.get("routed_scaling_factor") or 1.0),
+    ) if n_routed else None
+    return ModelConfig(
+        family="deepseek_v3", vocab_size=int(cfg["vocab_size"]), d_model=int(cfg["hidden_size"]),
+        n_layers=int(cfg["num_hidden_layers"]), n_heads=n_heads, n_kv_heads=n_heads, d_head=mla.qk_head_dim,
+        d_ff=int(cfg["intermediate_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        max_positions=int(cfg.get("max_position_embeddings", 4096)), rope=_rope_from_hf(cfg),
+        qkv_bias=bool(cfg.get("attention_bias", False)), out_bias=bool(cfg.get("attention_bias", False)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), mla=mla, moe=moe, name=name,
     )

@@ -3,6 +3,7 @@ Families differ by config switches: norm kind, positions (RoPE or learned), MLP 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -10,13 +11,33 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
-from .layers import activation, apply_rope, attention, layer_norm, rms_norm, rope_cos_sin, rope_inv_freq
+from .layers import (activation, apply_rope, attention, layer_norm, rms_norm, rope_attention_factor, rope_cos_sin,
+                     rope_inv_freq, route_experts, yarn_mscale)
 
 
 class Recorder(Protocol):
     """What forward() reports while it runs; see trace.py."""
 
     def residual(self, index: int, h: torch.Tensor) -> None: ...  # index 0: embeddings, i+1: after block i
+
+    def routing(self, layer: int, experts: torch.Tensor, weights: torch.Tensor) -> None: ...  # [B*T, k] each
+
+
+@dataclass
+class BlockInternals:
+    """Everything one block computes for a sequence, recomputed from the residual stream entering it."""
+
+    attn_in: torch.Tensor  # [B, T, d] after attn_norm
+    attn_out: torch.Tensor  # [B, T, d]
+    mlp_in: torch.Tensor  # [B, T, d] after mlp_norm
+    mlp_out: torch.Tensor  # [B, T, d]
+    h_out: torch.Tensor  # [B, T, d]
+    attn_probs: torch.Tensor | None = None  # [B, H, T, T]
+    latent: torch.Tensor | None = None  # MLA: [B, T, kv_lora_rank], the compressed KV the cache keeps
+    router_scores: torch.Tensor | None = None  # MoE: [B*T, E]
+    experts: torch.Tensor | None = None  # MoE: [B*T, k]
+    expert_weights: torch.Tensor | None = None  # MoE: [B*T, k]
+    shared_out: torch.Tensor | None = None  # MoE: [B, T, d] the shared experts' part of mlp_out
 
 
 class Norm(nn.Module):
@@ -67,6 +88,64 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(b, t, -1)), probs
 
 
+# DeepSeek's latent norms use RMSNorm's default epsilon, not the config's (as in its reference code)
+LATENT_NORM_EPS = 1e-6
+
+
+class LatentAttention(nn.Module):
+    """Multi-head Latent Attention (DeepSeek-V2/V3). Keys and values of all heads come from one small latent per
+    token (kv_lora_rank), which is what the cache stores; a decoupled rotary key part is shared by all heads."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        mla = cfg.mla
+        self.layer, self.n_heads, self.mla = layer, cfg.n_heads, mla
+        if mla.q_lora_rank:
+            self.wq_a = nn.Linear(cfg.d_model, mla.q_lora_rank, bias=cfg.qkv_bias)
+            self.q_a_norm = Norm(mla.q_lora_rank, "rms", LATENT_NORM_EPS)
+            self.wq_b = nn.Linear(mla.q_lora_rank, cfg.n_heads * mla.qk_head_dim, bias=False)
+        else:
+            self.wq = nn.Linear(cfg.d_model, cfg.n_heads * mla.qk_head_dim, bias=False)
+        self.wkv_a = nn.Linear(cfg.d_model, mla.kv_lora_rank + mla.qk_rope_dim, bias=cfg.qkv_bias)
+        self.kv_a_norm = Norm(mla.kv_lora_rank, "rms", LATENT_NORM_EPS)
+        self.wkv_b = nn.Linear(mla.kv_lora_rank, cfg.n_heads * (mla.qk_nope_dim + mla.v_head_dim), bias=False)
+        self.wo = nn.Linear(cfg.n_heads * mla.v_head_dim, cfg.d_model, bias=cfg.out_bias)
+        scale = mla.qk_head_dim ** -0.5
+        if cfg.rope is not None and cfg.rope.kind == "yarn" and cfg.rope.mscale_all_dim:
+            scale *= yarn_mscale(cfg.rope.factor, cfg.rope.mscale_all_dim) ** 2  # YaRN's softmax temperature
+        self.scale = scale
+
+    def latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, d] -> (normed latent [B, T, kv_lora_rank], rotary key part before rotation [B, T, d_rope])."""
+        latent, k_rot = self.wkv_a(x).split([self.mla.kv_lora_rank, self.mla.qk_rope_dim], dim=-1)
+        return self.kv_a_norm(latent), k_rot
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache | None = None,
+        need_probs: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, t, _ = x.shape
+        mla, h = self.mla, self.n_heads
+        q = self.wq_b(self.q_a_norm(self.wq_a(x))) if mla.q_lora_rank else self.wq(x)
+        q = q.view(b, t, h, mla.qk_head_dim).transpose(1, 2)  # [B, H, T, nope + rope]
+        q_nope, q_rot = q.split([mla.qk_nope_dim, mla.qk_rope_dim], dim=-1)
+        latent, k_rot = self.latent(x)
+        latent, k_rot = latent[:, None], apply_rope(k_rot[:, None], *rope)  # [B, 1, T, .]: one "head"
+        if cache is not None:
+            latent, k_rot = cache.update(self.layer, latent, k_rot)
+        n = latent.shape[2]
+        kv = self.wkv_b(latent[:, 0]).view(b, n, h, mla.qk_nope_dim + mla.v_head_dim).transpose(1, 2)
+        k_nope, v = kv.split([mla.qk_nope_dim, mla.v_head_dim], dim=-1)
+        q = torch.cat((q_nope, apply_rope(q_rot, *rope)), dim=-1)
+        k = torch.cat((k_nope, k_rot.expand(b, h, n, mla.qk_rope_dim)), dim=-1)
+        out, probs = attention(q, k, v, positions, self.scale, None, need_probs)
+        return self.wo(out.transpose(1, 2).reshape(b, t, -1)), probs
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -81,19 +160,72 @@ class MLP(nn.Module):
         return self.w_down(activation(self.w_up(x), self.act))
 
 
+class MoE(nn.Module):
+    """Mixture of Experts: a router picks k routed experts per token and weights them; shared experts always run."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.moe = moe = cfg.moe
+        self.router = nn.Linear(cfg.d_model, moe.n_routed_experts, bias=False)
+        self.register_buffer("router_bias", torch.zeros(moe.n_routed_experts))  # e_score_correction_bias
+        expert_cfg = replace(cfg, d_ff=moe.d_ff_expert, mlp_bias=False)
+        self.experts = nn.ModuleList(MLP(expert_cfg) for _ in range(moe.n_routed_experts))
+        self.shared = MLP(replace(expert_cfg, d_ff=moe.d_ff_expert * moe.n_shared_experts)) \
+            if moe.n_shared_experts else None
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, d] -> scores [N, E], experts [N, k], weights [N, k]; the router runs in float32."""
+        m = self.moe
+        logits = torch.nn.functional.linear(x.float(), self.router.weight.float())
+        return route_experts(logits, self.router_bias.float(), m.scoring, m.topk_method, m.n_experts_per_tok,
+                             m.n_group, m.topk_group, m.norm_topk_prob, m.routed_scaling_factor)
+
+    def forward(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        scores, experts, weights = self.route(flat)
+        routed = torch.zeros_like(flat)
+        for e in experts.unique().tolist():
+            rows, slot = (experts == e).nonzero(as_tuple=True)
+            routed.index_add_(0, rows, self.experts[e](flat[rows]) * weights[rows, slot, None].to(flat.dtype))
+        shared = self.shared(x) if self.shared is not None else torch.zeros_like(x)
+        if record is not None:
+            record.update(router_scores=scores, experts=experts, expert_weights=weights, shared_out=shared)
+        return routed.view(shape) + shared
+
+
 class Block(nn.Module):
     """Pre-norm block: h + attn(attn_norm(h)), then h + mlp(mlp_norm(h))."""
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
+        self.layer = layer
         self.attn_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
-        self.attn = Attention(cfg, layer)
+        self.attn = LatentAttention(cfg, layer) if cfg.mla is not None else Attention(cfg, layer)
         self.mlp_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None,
+                recorder: Recorder | None = None) -> torch.Tensor:
         h = h + self.attn(self.attn_norm(h), positions, rope, cache)[0]
+        if isinstance(self.mlp, MoE):
+            record: dict | None = {} if recorder is not None else None
+            out = self.mlp(self.mlp_norm(h), record)
+            if recorder is not None:
+                recorder.routing(self.layer, record["experts"], record["expert_weights"])
+            return h + out
         return h + self.mlp(self.mlp_norm(h))
+
+    def internals(self, h: torch.Tensor, positions: torch.Tensor, rope, need_probs: bool = False) -> BlockInternals:
+        """Recompute this block over a whole sequence h [B, T, d], keeping every intermediate."""
+        attn_in = self.attn_norm(h)
+        attn_out, probs = self.attn(attn_in, positions, rope, None, need_probs)
+        mid = h + attn_out
+        mlp_in = self.mlp_norm(mid)
+        record: dict = {}
+        mlp_out = self.mlp(mlp_in, record) if isinstance(self.mlp, MoE) else self.mlp(mlp_in)
+        latent = self.attn.latent(attn_in)[0] if isinstance(self.attn, LatentAttention) else None
+        return BlockInternals(attn_in, attn_out, mlp_in, mlp_out, mid + mlp_out, probs, latent, **record)
 
 
 class Decoder(nn.Module):
@@ -113,12 +245,17 @@ class Decoder(nn.Module):
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
+    @property
+    def d_rope(self) -> int:
+        """Dimensions rotated by RoPE: the whole head, or MLA's decoupled rotary part."""
+        return self.config.mla.qk_rope_dim if self.config.mla is not None else self.config.d_head
+
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.config.rope is None:
             return None
         if self._inv_freq is None or self._inv_freq.device != positions.device:
-            self._inv_freq = rope_inv_freq(self.config.rope, self.config.d_head).to(positions.device)
-        return rope_cos_sin(self._inv_freq, positions, dtype)
+            self._inv_freq = rope_inv_freq(self.config.rope, self.d_rope).to(positions.device)
+        return rope_cos_sin(self._inv_freq, positions, dtype, rope_attention_factor(self.config.rope))
 
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids)
@@ -147,7 +284,7 @@ class Decoder(nn.Module):
         if recorder is not None:
             recorder.residual(0, h)
         for i, block in enumerate(self.blocks):
-            h = block(h, positions, rope, cache)
+            h = block(h, positions, rope, cache, recorder)
             if recorder is not None:
                 recorder.residual(i + 1, h)
         if cache is not None:
@@ -159,3 +296,8 @@ class Decoder(nn.Module):
         positions = torch.arange(h.shape[1], device=h.device)
         block = self.blocks[layer]
         return block.attn(block.attn_norm(h), positions, self.rope(positions, h.dtype), None, need_probs=True)[1]
+
+    def block_internals(self, layer: int, h: torch.Tensor, need_probs: bool = False) -> BlockInternals:
+        """Recompute everything layer computes from the residual stream h [B, T, d] entering it."""
+        positions = torch.arange(h.shape[1], device=h.device)
+        return self.blocks[layer].internals(h, positions, self.rope(positions, h.dtype), need_probs)

@@ -23,7 +23,9 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 def rope_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
-    """Inverse frequencies [d_rot/2] in float32, with linear or llama3 scaling applied."""
+    """Inverse frequencies [d_rot/2] in float32, with linear, llama3 or yarn scaling applied."""
+    if rope.kind == "yarn":
+        return _yarn_inv_freq(rope, d_rot)
     inv_freq = 1.0 / (rope.theta ** (torch.arange(0, d_rot, 2, dtype=torch.int64).float() / d_rot))
     if rope.kind == "linear":
         return inv_freq / rope.factor
@@ -41,6 +43,40 @@ def rope_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return torch.where(medium, blended, scaled)
     return inv_freq
+
+
+def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_attention_factor(rope: RopeConfig) -> float:
+    """YaRN scales cos/sin by this factor (1 for other kinds)."""
+    if rope.kind != "yarn":
+        return 1.0
+    if rope.attention_factor is not None:
+        return float(rope.attention_factor)
+    if rope.mscale and rope.mscale_all_dim:
+        return yarn_mscale(rope.factor, rope.mscale) / yarn_mscale(rope.factor, rope.mscale_all_dim)
+    return yarn_mscale(rope.factor)
+
+
+def _yarn_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
+    # YaRN: interpolate the low frequencies by `factor`, keep the high ones, ramp linearly between the
+    # dimensions that complete beta_fast and beta_slow rotations over the original context
+    def correction_dim(rotations: float) -> float:
+        return d_rot * math.log(rope.original_max_positions / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
+
+    low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d_rot - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(d_rot // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1.0 / (rope.theta ** (torch.arange(0, d_rot, 2).float() / d_rot))
+    interpolation = extrapolation / rope.factor
+    keep = 1 - ramp
+    return interpolation * (1 - keep) + extrapolation * keep
 
 
 def rope_cos_sin(
@@ -123,3 +159,35 @@ def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "relu":
         return F.relu(x)
     raise ValueError(f"unknown activation {kind!r}")
+
+
+def route_experts(
+    logits: torch.Tensor,  # [N, E] float32
+    bias: torch.Tensor | None,  # [E] e_score_correction_bias
+    scoring: str,
+    topk_method: str,
+    k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: bool,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3 routing: (scores [N, E], chosen experts [N, k], their weights [N, k]), most weight first.
+
+    noaux_tc adds the load-balancing bias to the scores for choosing only; the weights come from the raw scores.
+    With n_group > 1 only the topk_group best groups of experts (by their two best scores) may be chosen."""
+    scores = torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+    choice = scores + bias if topk_method == "noaux_tc" and bias is not None else scores
+    if n_group > 1 and topk_method != "greedy":
+        grouped = choice.view(choice.shape[0], n_group, -1)
+        group_scores = grouped.topk(2, dim=-1)[0].sum(-1) if topk_method == "noaux_tc" else grouped.max(-1)[0]
+        keep = torch.zeros_like(group_scores, dtype=torch.bool)
+        keep.scatter_(1, group_scores.topk(topk_group, dim=-1)[1], True)
+        choice = choice.masked_fill(~keep[:, :, None].expand_as(grouped).reshape_as(choice), float("-inf"))
+    experts = choice.topk(k, dim=-1)[1]
+    weights = scores.gather(1, experts)
+    if norm_topk_prob and k > 1:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    weights = weights * scaling
+    order = weights.argsort(dim=-1, descending=True)
+    return scores, experts.gather(1, order), weights.gather(1, order)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .decoder import Decoder
+from .decoder import BlockInternals, Decoder
 
 
 class TraceRecorder:
@@ -19,12 +19,21 @@ class TraceRecorder:
         self.length = 0
         self.ids = torch.empty(capacity, dtype=torch.long)
         self.hidden = torch.empty(cfg.n_layers + 1, capacity, cfg.d_model, dtype=decoder.embed.weight.dtype)
+        k = cfg.moe.n_experts_per_tok if cfg.moe else 0
+        self.moe_layers = [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+        # chosen experts and weights of every MoE layer, as the forward pass used them: [n_moe, capacity, k]
+        self.experts = torch.empty(len(self.moe_layers), capacity, k, dtype=torch.long)
+        self.weights = torch.empty(len(self.moe_layers), capacity, k, dtype=torch.float32)
         self._pending: list[torch.Tensor] = []
+        self._pending_routing: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def residual(self, index: int, h: torch.Tensor) -> None:
         if h.shape[0] != 1:
             raise ValueError("recording supports one sequence at a time")
         self._pending.append(h[0].detach())
+
+    def routing(self, layer: int, experts: torch.Tensor, weights: torch.Tensor) -> None:
+        self._pending_routing.append((experts.detach(), weights.detach().float()))
 
     def commit(self, ids: torch.Tensor) -> None:
         """After a forward over ids [T]: move the pending layers to the CPU in one copy and append them."""
@@ -33,18 +42,41 @@ class TraceRecorder:
         start, end = self.length, self.length + stacked.shape[1]
         if end > self.hidden.shape[1]:
             capacity = max(end, 2 * self.hidden.shape[1])
-            # a new buffer, not resize_: traces already handed out keep viewing the old one
-            hidden = self.hidden.new_empty(self.hidden.shape[0], capacity, self.hidden.shape[2])
-            hidden[:, :start] = self.hidden[:, :start]
-            new_ids = self.ids.new_empty(capacity)
-            new_ids[:start] = self.ids[:start]
-            self.hidden, self.ids = hidden, new_ids
+            # new buffers, not resize_: traces already handed out keep viewing the old ones
+            self.hidden, self.ids, self.experts, self.weights = (
+                _grown(t, start, capacity, dim) for t, dim in
+                ((self.hidden, 1), (self.ids, 0), (self.experts, 1), (self.weights, 1)))
         self.hidden[:, start:end] = stacked
         self.ids[start:end] = ids.to("cpu")
+        if self._pending_routing:
+            self.experts[:, start:end] = torch.stack([e for e, _ in self._pending_routing]).cpu()
+            self.weights[:, start:end] = torch.stack([w for _, w in self._pending_routing]).cpu()
+            self._pending_routing.clear()
         self.length = end
 
     def trace(self) -> "Trace":
-        return Trace(self.decoder, self.ids[: self.length], self.hidden[:, : self.length])
+        n = self.length
+        return Trace(self.decoder, self.ids[:n], self.hidden[:, :n], self.experts[:, :n], self.weights[:, :n])
+
+
+def _grown(t: torch.Tensor, keep: int, capacity: int, dim: int) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = capacity
+    new = t.new_empty(shape)
+    new.narrow(dim, 0, keep).copy_(t.narrow(dim, 0, keep))
+    return new
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One MoE layer over a sequence: what the router chose for every token and how the output splits."""
+
+    layer: int
+    experts: torch.Tensor  # [T, k] chosen routed experts, most weight first (as the forward pass chose them)
+    weights: torch.Tensor  # [T, k] their weights (normalised, times routed_scaling_factor)
+    scores: torch.Tensor  # [T, E] router scores (sigmoid or softmax), recomputed
+    routed_norm: torch.Tensor  # [T] norm of the routed experts' weighted sum, recomputed
+    shared_norm: torch.Tensor  # [T] norm of the shared experts' output (0 without shared experts), recomputed
 
 
 @dataclass(frozen=True)
@@ -54,6 +86,8 @@ class Trace:
     decoder: Decoder
     ids: torch.Tensor  # [T] int64, CPU
     residual: torch.Tensor  # [n_layers + 1, T, d_model] in the model's dtype, CPU
+    experts: torch.Tensor  # [n_moe_layers, T, k] chosen experts of every MoE layer (empty without MoE)
+    expert_weights: torch.Tensor  # [n_moe_layers, T, k]
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -91,6 +125,39 @@ class Trace:
         return self.decoder.attention_probs(layer, h)[0].float().cpu()
 
     @property
+    def moe_layers(self) -> list[int]:
+        cfg = self.decoder.config
+        return [i for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+
+    @torch.inference_mode()
+    def internals(self, layer: int, need_probs: bool = False) -> BlockInternals:
+        """Everything block `layer` computed for this sequence, recomputed from the residual stream (batch of 1)."""
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
+        return self.decoder.block_internals(layer, self._on_device(self.residual[layer])[None], need_probs)
+
+    def routing(self, layer: int) -> Routing:
+        """The router's choices in MoE layer `layer` (see Routing)."""
+        moe_layers = self.moe_layers
+        if layer not in moe_layers:
+            raise ValueError(f"layer {layer} is not a Mixture-of-Experts layer (those are {moe_layers})")
+        i = moe_layers.index(layer)
+        inside = self.internals(layer)
+        shared = inside.shared_out[0].float()
+        routed = inside.mlp_out[0].float() - shared
+        return Routing(layer, self.experts[i], self.expert_weights[i], inside.router_scores.float().cpu(),
+                       routed.norm(dim=-1).cpu(), shared.norm(dim=-1).cpu())
+
+    def latent(self, layer: int) -> torch.Tensor:
+        """MLA: the compressed KV latent [T, kv_lora_rank] float32 that the cache keeps instead of keys and values."""
+        if self.decoder.config.mla is None:
+            raise ValueError("this model has no latent attention")
+        h = self._on_device(self.residual[layer])[None]
+        block = self.decoder.blocks[layer]
+        with torch.inference_mode():
+            return block.attn.latent(block.attn_norm(h))[0][0].float().cpu()
+
+    @property
     def nbytes(self) -> int:
-        """Bytes this trace holds of its own (ids and residual stream; the model's weights are shared)."""
-        return self.ids.nbytes + self.residual.nbytes
+        """Bytes this trace holds of its own (ids, residual stream, routing; the model's weights are shared)."""
+        return self.ids.nbytes + self.residual.nbytes + self.experts.nbytes + self.expert_weights.nbytes

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from ..config import ModelConfig
+from ..config import ModelConfig, unsupported
 from ..decoder import Decoder
 from ..tokenizer import Tokenizer
 from .weights import WeightLoadError, hf_rules, load_weights
@@ -66,5 +66,7 @@ def load_hf_dir(folder: Path) -> tuple[Decoder, Tokenizer, str]:
                 if key in handles:
                     raise WeightLoadError(f"tensor {key} appears in more than one shard")
                 handles[key] = handle
+        if any(k.endswith("weight_scale_inv") for k in handles):
+            raise unsupported("FP8 block-quantized checkpoints (weight_scale_inv tensors); use a bf16 conversion")
         decoder = load_weights(cfg, list(handles), lambda k: handles[k].get_tensor(k), rules, ignore)
     return decoder, tokenizer, name

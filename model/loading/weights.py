@@ -77,7 +77,7 @@ def load_weights(
 def assign(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Decoder:
     with torch.device("meta"):
         decoder = Decoder(cfg)
-    expected = dict(decoder.named_parameters())
+    expected = dict(decoder.named_parameters()) | dict(decoder.named_buffers())
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
@@ -113,6 +113,8 @@ def hf_rules(cfg: ModelConfig) -> tuple[list[Rule], tuple[str, ...]]:
         # attn.bias / masked_bias are causal-mask buffers saved by old versions; lm_head is tied to wte
         return rules, (p + r"h\.\d+\.attn\.(?:masked_)?bias", r"lm_head\.weight")
     L = r"model\.layers\.(\d+)\."
+    if cfg.family == "deepseek_v3":
+        return deepseek_rules(cfg, L)
     rules = [
         Rule(r"model\.embed_tokens\.weight", ("embed.weight",)),
         Rule(L + r"input_layernorm\.weight", (r"blocks.\1.attn_norm.weight",)),
@@ -123,8 +125,59 @@ def hf_rules(cfg: ModelConfig) -> tuple[list[Rule], tuple[str, ...]]:
         Rule(r"model\.norm\.weight", ("norm.weight",)),
     ]
     ignore: tuple[str, ...] = (L + r"self_attn\.rotary_emb\.inv_freq",)
-    if cfg.tie_embeddings:
-        ignore += (r"lm_head\.weight",)  # some tied checkpoints store the shared matrix twice
-    else:
-        rules.append(Rule(r"lm_head\.weight", ("lm_head.weight",)))
-    return rules, ignore
+    return rules + head_rules(cfg), ignore + head_ignore(cfg)
+
+
+def head_rules(cfg: ModelConfig) -> list[Rule]:
+    return [] if cfg.tie_embeddings else [Rule(r"lm_head\.weight", ("lm_head.weight",))]
+
+
+def head_ignore(cfg: ModelConfig) -> tuple[str, ...]:
+    return (r"lm_head\.weight",) if cfg.tie_embeddings else ()  # some tied checkpoints store the matrix twice
+
+
+def deinterleave_rope(rows_per_group: int, rope_dim: int) -> Transform:
+    """DeepSeek checkpoints store each rotary part as interleaved pairs (x0, x1), (x2, x3)...; reorder those rows
+    to (x0, x2, ..., x1, x3, ...) so the core's rotate-half RoPE computes exactly the interleaved rotation (both q
+    and k are reordered alike, so q.k is unchanged). Rows come in groups (one per head) ending in the rope part."""
+    order = torch.cat((torch.arange(0, rope_dim, 2), torch.arange(1, rope_dim, 2)))
+
+    def transform(t: torch.Tensor) -> list[torch.Tensor]:
+        groups = t.reshape(-1, rows_per_group, *t.shape[1:])
+        rope = groups[:, rows_per_group - rope_dim:][:, order]
+        return [torch.cat((groups[:, : rows_per_group - rope_dim], rope), dim=1).reshape(t.shape)]
+
+    return transform
+
+
+def deepseek_rules(cfg: ModelConfig, L: str) -> tuple[list[Rule], tuple[str, ...]]:
+    mla = cfg.mla
+    q_fix = kv_fix = None
+    if mla.rope_interleave:
+        q_fix = deinterleave_rope(mla.qk_head_dim, mla.qk_rope_dim)
+        kv_fix = deinterleave_rope(mla.kv_lora_rank + mla.qk_rope_dim, mla.qk_rope_dim)
+    A, M = L + r"self_attn\.", L + r"mlp\."
+    rules = [
+        Rule(r"model\.embed_tokens\.weight", ("embed.weight",)),
+        Rule(L + r"input_layernorm\.weight", (r"blocks.\1.attn_norm.weight",)),
+        Rule(L + r"post_attention_layernorm\.weight", (r"blocks.\1.mlp_norm.weight",)),
+        Rule(A + r"q_a_proj\.(weight|bias)", (r"blocks.\1.attn.wq_a.\2",)),
+        Rule(A + r"q_a_layernorm\.weight", (r"blocks.\1.attn.q_a_norm.weight",)),
+        Rule(A + r"q_b_proj\.weight", (r"blocks.\1.attn.wq_b.weight",), q_fix),
+        Rule(A + r"q_proj\.weight", (r"blocks.\1.attn.wq.weight",), q_fix),
+        Rule(A + r"kv_a_proj_with_mqa\.(weight|bias)", (r"blocks.\1.attn.wkv_a.\2",), kv_fix),
+        Rule(A + r"kv_a_layernorm\.weight", (r"blocks.\1.attn.kv_a_norm.weight",)),
+        Rule(A + r"kv_b_proj\.weight", (r"blocks.\1.attn.wkv_b.weight",)),
+        Rule(A + r"o_proj\.(weight|bias)", (r"blocks.\1.attn.wo.\2",)),
+        Rule(M + r"(gate|up|down)_proj\.weight", (r"blocks.\1.mlp.w_\2.weight",)),
+        Rule(M + r"gate\.weight", (r"blocks.\1.mlp.router.weight",)),
+        Rule(M + r"gate\.e_score_correction_bias", (r"blocks.\1.mlp.router_bias",)),
+        Rule(M + r"experts\.(\d+)\.(gate|up|down)_proj\.weight", (r"blocks.\1.mlp.experts.\2.w_\3.weight",)),
+        Rule(M + r"shared_experts\.(gate|up|down)_proj\.weight", (r"blocks.\1.mlp.shared.w_\2.weight",)),
+        Rule(r"model\.norm\.weight", ("norm.weight",)),
+    ]
+    # multi-token-prediction layers past the last block only serve speculative decoding
+    mtp = rf"model\.layers\.(?:{'|'.join(str(i) for i in range(cfg.n_layers, cfg.n_layers + 4))})\..*"
+    return rules + head_rules(cfg), (mtp,) + head_ignore(cfg)
+
+
