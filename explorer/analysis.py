@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from model.layers import rope_inv_freq
 from model.trace import Trace
 
 # rows of logits computed at once: [chunk, vocab] float32 is 50 MB for a 49k vocabulary, never [T, vocab]
@@ -95,3 +96,33 @@ def vocabulary_sample(vocab_size: int, n: int, seed: int = 0) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
     n = max(0, min(n, vocab_size))
     return sorted(torch.randperm(vocab_size, generator=generator)[:n].tolist())
+
+
+@torch.inference_mode()
+def stage_values(trace: Trace, position: int) -> dict:
+    """The token at `position` through every block, as the Architecture view shows it: the residual stream's norm
+    entering and leaving, the norms before and after each RMSNorm, the attention and MLP outputs, the top experts
+    of MoE layers, and the RoPE angles (fastest and slowest frequency) at that position."""
+    decoder = trace.decoder
+    layers = []
+    for layer in range(trace.n_layers):
+        inside = trace.internals(layer)
+        h_in = trace.residual[layer, position].float()
+        mid = h_in + inside.attn_out[0, position].float().cpu()
+        entry = dict(
+            resid_norm_in=float(h_in.norm()), attn_norm_out_norm=float(inside.attn_in[0, position].float().norm()),
+            attn_out_norm=float(inside.attn_out[0, position].float().norm()), mid_norm=float(mid.norm()),
+            mlp_norm_out_norm=float(inside.mlp_in[0, position].float().norm()),
+            mlp_out_norm=float(inside.mlp_out[0, position].float().norm()),
+            resid_norm_out=float(trace.residual[layer + 1, position].float().norm()),
+        )
+        if inside.experts is not None:
+            entry["top_experts"] = [(int(e), float(w)) for e, w in
+                                    zip(inside.experts[position].tolist(), inside.expert_weights[position].tolist())]
+        layers.append(entry)
+    rope = None
+    if decoder.config.rope is not None:
+        inv_freq = rope_inv_freq(decoder.config.rope, decoder.d_rope)
+        rope = dict(position=position, angles_first_last=(float(position * inv_freq[0]), float(position * inv_freq[-1])),
+                    d_rope=decoder.d_rope)
+    return dict(layers=layers, rope=rope)

@@ -49,11 +49,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 class LanguageModel:
-    def __init__(self, decoder: Decoder, tokenizer: Tokenizer, name: str, source: str) -> None:
+    def __init__(self, decoder: Decoder, tokenizer: Tokenizer, name: str, source: str,
+                 random_weights: bool = False) -> None:
         self.decoder = decoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
+        self.random_weights = random_weights  # no checkpoint: the text is noise, the mechanics are real
 
     @property
     def config(self) -> ModelConfig:

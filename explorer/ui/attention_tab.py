@@ -7,9 +7,12 @@ import gradio as gr
 
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
-from explorer.views.attention import attention_grid_figure, attention_map_figure, attention_text_html, hide_first_token
+from explorer.views.attention import (attention_grid_figure, attention_map_figure, attention_text_html,
+                                     hide_first_token, latent_figure)
 from model import LanguageModel
 
+EXPLAIN_MLA = ("**Multi-head Latent Attention** (DeepSeek-V3, Kimi-K2): each token's keys and values for all heads "
+               "are expanded from one small latent vector c_t; only c_t and a shared rotary key part are cached.")
 EXPLAIN = ("Each head computes, for every token i, weights over the tokens j ≤ i (softmax of q_i·k_j / √d_head) "
            "and mixes their values. Row i of a map is token i's attention; rows sum to 1 and the future is masked. "
            "Many heads park attention on the first token (an **attention sink**): hide it to see the rest.")
@@ -30,11 +33,14 @@ class AttentionTab:
                     self.hide_sink = gr.Checkbox(label="Hide first token (attention sink)", value=False,
                                                  elem_id="attn-hide-sink")
                 self.map = gr.Plot(placeholder(EMPTY_HINT), elem_id="attn-map", show_label=False)
+                # Multi-head Latent Attention: the compressed latent the cache keeps
+                self.latent = gr.Plot(placeholder(EMPTY_HINT), elem_id="attn-latent", show_label=False,
+                                      visible=cfg.mla is not None)
                 self.grid = gr.Plot(placeholder(EMPTY_HINT), elem_id="attn-grid", show_label=False)
             with gr.Column(scale=3):
                 self.text = gr.HTML(elem_id="attn-text")
-                gr.Markdown(EXPLAIN)
-        self.outputs = [self.map, self.grid, self.text]
+                gr.Markdown(EXPLAIN + ("\n\n" + EXPLAIN_MLA if cfg.mla is not None else ""))
+        self.outputs = [self.map, self.grid, self.text, self.latent]
         self.controls = [self.layer, self.head, self.hide_sink]
 
     def set_controls(self, s: Session, layer: float, head: str, hide_sink: bool) -> None:
@@ -45,7 +51,7 @@ class AttentionTab:
     def render(self, s: Session) -> list[Any]:
         trace = s.trace(self.lm)
         if trace is None:
-            return [placeholder(EMPTY_HINT), placeholder(EMPTY_HINT), ""]
+            return [placeholder(EMPTY_HINT), placeholder(EMPTY_HINT), "", placeholder(EMPTY_HINT)]
         n = len(trace)
         attn = s.cached(("attn", n, s.layer), lambda: trace.attention(s.layer))  # [H, T, T]
         ids = trace.ids.tolist()
@@ -58,4 +64,13 @@ class AttentionTab:
             attention_map_figure(attn, s.layer, s.head, ids, self.lm.tokenizer, s.hide_sink, position),
             grid,
             attention_text_html(row, ids, self.lm.tokenizer, position),
+            self.latent_view(trace, s, ids, position),
         ]
+
+    def latent_view(self, trace, s: Session, ids: list[int], position: int) -> Any:
+        mla = self.lm.config.mla
+        if mla is None:
+            return gr.skip()
+        latent = s.cached(("latent", len(trace), s.layer), lambda: trace.latent(s.layer))
+        return latent_figure(latent, ids, self.lm.tokenizer, s.layer, self.lm.config.n_heads, mla.qk_head_dim,
+                             mla.v_head_dim, mla.qk_rope_dim, position)

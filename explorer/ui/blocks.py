@@ -41,6 +41,10 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
     with gr.Blocks(title="LLM Explorer") as app:
         state = gr.State(lambda: Session())
         gr.Markdown(model_summary(lm), elem_id="model-summary")
+        if lm.random_weights:
+            gr.Markdown("⚠️ **Random weights.** This model was built from its configuration alone: the text it writes "
+                        "is noise, but every shape, attention map and routing decision is computed by the real "
+                        "architecture.", elem_id="random-weights-banner")
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", lines=2, scale=6, elem_id="prompt",
                                 value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)

@@ -50,6 +50,9 @@ EMPTY_HINT = "Type a prompt and press Generate"
 def model_summary(lm: LanguageModel) -> str:
     cfg = lm.config
     dtype = str(lm.dtype).removeprefix("torch.")
+    attention = (f"MLA (latent {cfg.mla.kv_lora_rank})" if cfg.mla is not None
+                 else f"{cfg.n_heads} heads ({cfg.n_kv_heads} KV)")
+    moe = (f" · MoE {cfg.moe.n_routed_experts} experts, {cfg.moe.n_experts_per_tok} active + "
+           f"{cfg.moe.n_shared_experts} shared" if cfg.moe is not None else "")
     return (f"**{lm.name}** · {cfg.family} · {lm.n_params / 1e6:,.0f}M parameters · {cfg.n_layers} layers × "
-            f"{cfg.n_heads} heads ({cfg.n_kv_heads} KV) · d_model {cfg.d_model} · vocabulary {cfg.vocab_size:,} · "
-            f"{lm.device.type} · {dtype}")
+            f"{attention}{moe} · d_model {cfg.d_model} · vocabulary {cfg.vocab_size:,} · {lm.device.type} · {dtype}")

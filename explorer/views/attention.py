@@ -216,3 +216,23 @@ def attention_text_html(attn_row: torch.Tensor, ids: Sequence[int], tokenizer: T
         f"(relative to its largest weight, {top:.3f}); hover a token for its weight.</div>"
         + "".join(spans) + "</div>"
     )
+
+
+def latent_figure(latent: torch.Tensor, ids: Sequence[int], tokenizer: Tokenizer, layer: int, n_heads: int,
+                  d_head_k: int, d_head_v: int, d_rope: int, selected: int | None = None,
+                  height: int = 300) -> go.Figure:
+    """Multi-head Latent Attention: the norm of each token's compressed latent c_t (what the KV cache keeps) in
+    one layer, and how many numbers per token that is against the keys and values it stands for."""
+    n, rank = latent.shape
+    norms = latent.float().norm(dim=-1).numpy().astype(np.float32)
+    colours = [style.SELECTED if i == selected else style.PROMPT for i in range(n)]
+    texts = [style.token_label(token_text(tokenizer, int(i))) for i in ids[:n]]
+    fig = go.Figure(go.Bar(x=list(range(n)), y=norms, marker_color=colours, customdata=texts, meta="x-position",
+                           hovertemplate="position %{x} %{customdata}<br>‖c‖ = %{y:.3f}<extra></extra>"))
+    ticks = style.thin_ticks(n)
+    fig.update_xaxes(tickvals=ticks, ticktext=[texts[t] for t in ticks], tickangle=-60, title_text="token")
+    fig.update_yaxes(title_text="‖latent‖")
+    full = n_heads * (d_head_k + d_head_v)
+    title = (f"Layer {layer} latent c<sub>t</sub>: rank {rank}; the cache keeps {rank + d_rope} numbers per token "
+             f"instead of {full} ({full / (rank + d_rope):.0f}× less)")
+    return style.layout(fig, title, height)

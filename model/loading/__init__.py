@@ -8,9 +8,12 @@ import torch
 
 from ..lm import LanguageModel, _pick_device, default_dtype
 from .embedded import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_gguf_path
+from ..tokenizer import Tokenizer
 from .gguf_file import load_gguf
+from .gguf_reader import GGUFFile
 from .hf_dir import PICKLE_SUFFIXES, load_hf_dir, refuse_pickle
 from .hub import fetch
+from .random_init import RANDOM_PREFIX, load_random
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -35,7 +38,17 @@ def load_model(
     """Load a model for tracing and generation.
 
     source: None (the embedded SmolLM2-135M-Instruct GGUF; from the hub where the package is not installed),
-    a .gguf file, a Hugging Face model directory, or a hub id. device: default CUDA when available, else CPU. dtype: default bf16 on CUDA, float32 on CPU."""
+    a .gguf file, a Hugging Face model directory, a hub id, or `random:<config>` (random weights, see
+    random_init.py; e.g. `random:deepseek-v3-mini`). device: default CUDA when available, else CPU. dtype: default bf16 on CUDA, float32 on CPU."""
+    if isinstance(source, str) and source.startswith(RANDOM_PREFIX):
+        decoder, cfg, name = load_random(source)
+        # the embedded model's tokenizer (only its metadata is read); the config shares its vocabulary
+        tokenizer = Tokenizer.from_gguf_metadata(GGUFFile(embedded_gguf_path()).metadata)
+        if tokenizer.vocab_size > cfg.vocab_size:
+            raise ValueError(f"{source}: vocabulary {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
+        dev = _pick_device(device)
+        decoder = decoder.to(device=dev, dtype=resolve_dtype(dtype, dev))
+        return LanguageModel(decoder, tokenizer, name=name, source=source, random_weights=True)
     if source is None:
         try:
             path, label = embedded_gguf_path(), EMBEDDED_NAME
