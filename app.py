@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing about users leaves the machine
 from concurrent.futures import ThreadPoolExecutor
 
 from explorer.ui.blocks import build_app, css, head_html
@@ -27,7 +29,7 @@ def main() -> None:
     with ThreadPoolExecutor(1) as pool:
         lm = pool.submit(load_model, args.model, args.device, args.dtype).result()
         app = pool.submit(build_app, lm, limits).result()
-    app.queue(default_concurrency_limit=limits.max_concurrent)
+    app.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
     app.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), head=head_html(),
                theme="default", show_error=True)
 

@@ -20,6 +20,9 @@ class Session:
     dims: int = 2
     step_index: int | None = None  # step shown in the Next token tab; None: follow the latest
     active_tab: str = "Tokens"
+    arch_show: str = ""  # Architecture tab: which model or config to draw ("" = the loaded one)
+    arch_path: str = ""
+    experts_layer: int | None = None  # Experts tab: the MoE layer shown (None = the first)
     generating: bool = False
     stop_requested: bool = False
     _full_trace: Trace | None = None

@@ -2,6 +2,7 @@
 from .config import ModelConfig, UnsupportedModelError
 from .lm import LanguageModel, Step
 from .loading import load_model
+from .params import ParameterCounts, parameter_counts
 from .trace import Trace
 
-__all__ = ["LanguageModel", "ModelConfig", "Step", "Trace", "UnsupportedModelError", "load_model"]
+__all__ = ["LanguageModel", "ModelConfig", "Step", "Trace", "UnsupportedModelError", "load_model", "ParameterCounts", "parameter_counts"]

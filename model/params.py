@@ -90,7 +90,8 @@ def _attention(cfg: ModelConfig) -> list[Weight]:
     d, h = cfg.d_model, cfg.n_heads
     mla = cfg.mla
     if mla is None:
-        qk = [Weight(f"attn.{n}_norm.weight", (cfg.d_head,), "attention", cfg.d_head) for n in "qk"] if cfg.qk_norm else []
+        qk = ([Weight(f"attn.{n}_norm.weight", (cfg.d_head,), "attention", cfg.d_head) for n in "qk"]
+              if cfg.qk_norm else [])
         return (_linear("attn.wq", h * cfg.d_head, d, "attention", cfg.qkv_bias)
                 + _linear("attn.wk", cfg.n_kv_heads * cfg.d_head, d, "attention", cfg.qkv_bias)
                 + _linear("attn.wv", cfg.n_kv_heads * cfg.d_head, d, "attention", cfg.qkv_bias)
@@ -111,7 +112,8 @@ def _attention(cfg: ModelConfig) -> list[Weight]:
 def _mlp(prefix: str, cfg: ModelConfig, d_ff: int, component: str) -> list[Weight]:
     d, bias = cfg.d_model, cfg.mlp_bias
     gate = _linear(f"{prefix}.w_gate", d_ff, d, component, bias) if cfg.mlp == "swiglu" else []
-    return gate + _linear(f"{prefix}.w_up", d_ff, d, component, bias) + _linear(f"{prefix}.w_down", d, d_ff, component, bias)
+    return (gate + _linear(f"{prefix}.w_up", d_ff, d, component, bias)
+            + _linear(f"{prefix}.w_down", d, d_ff, component, bias))
 
 
 def _moe(cfg: ModelConfig) -> list[Weight]:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
@@ -30,6 +33,10 @@ class GenerationRequest:
         """Validate everything a client could send; raise gr.Error with a message a user can act on."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise gr.Error("The prompt is empty: type some text first.")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise gr.Error("The prompt is not valid Unicode (it holds lone surrogates); send UTF-8 text.") from None
         number = lambda v, name: _number(v, name)
         temperature, top_p = number(temperature, "temperature"), number(top_p, "top-p")
         if temperature < 0 or temperature > 10:
@@ -44,6 +51,9 @@ class GenerationRequest:
     def prompt_ids(self, lm: LanguageModel, limits: Limits) -> list[int]:
         if self.chat and lm.tokenizer.chat_template is None:
             raise gr.Error("This model has no chat template; untick 'Chat template'.")
+        if len(self.prompt) > limits.max_prompt_tokens * 64:  # refuse before tokenizing megabytes
+            raise gr.Error(f"The prompt is {len(self.prompt):,} characters; this server accepts at most "
+                           f"{limits.max_prompt_tokens} tokens.")
         ids = lm.prompt_ids(self.prompt, chat=self.chat)
         if len(ids) > limits.max_prompt_tokens:
             raise gr.Error(f"The prompt is {len(ids)} tokens; this server accepts at most {limits.max_prompt_tokens}.")
@@ -52,9 +62,44 @@ class GenerationRequest:
     def settings(self) -> dict[str, Any]:
         return asdict(self)
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+    def generate_kwargs(self, n_prompt: int, limits: Limits) -> dict[str, Any]:
+        """Arguments for LanguageModel.generate; new tokens also capped by the server's total context."""
+        n_new = min(self.max_new_tokens, limits.max_context - n_prompt)
+        return dict(max_new_tokens=max(n_new, 0), temperature=self.temperature, top_k=self.top_k,
                     top_p=self.top_p, seed=self.seed, greedy=self.greedy)
+
+
+class ActiveGenerations:
+    """How many generations are running now (the /stats endpoint reports it; tests check that Stop, a closed tab
+    or the time limit really end one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self.count += 1
+        try:
+            yield
+        finally:  # also when the generator is closed or collected after a cancel or a disconnect
+            with self._lock:
+                self.count -= 1
+
+
+ACTIVE = ActiveGenerations()
+
+
+def timed_steps(lm: LanguageModel, ids: list[int], request: GenerationRequest, limits: Limits,
+                record: bool = False) -> Iterator[Any]:
+    """The model's steps for one request, counted as active, ended at the server's time limit."""
+    with ACTIVE.running():
+        deadline = time.monotonic() + limits.time_limit_seconds
+        for step in lm.generate(ids, record=record, **request.generate_kwargs(len(ids), limits)):
+            yield step
+            if time.monotonic() > deadline:
+                return
 
 
 def _number(value: Any, name: str) -> float:
@@ -83,7 +128,7 @@ def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[di
                                             limits)
         ids = request.prompt_ids(lm, limits)
         text, tokens = "", []
-        for step in lm.generate(ids, **request.generate_kwargs()):
+        for step in timed_steps(lm, ids, request, limits):
             text += step.text
             tokens.append(dict(id=step.token_id, text=step.text, prob=step.prob, entropy=step.entropy,
                                top=[dict(id=i, text=lm.tokenizer.decode([i]), prob=p)
@@ -91,3 +136,11 @@ def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[di
             yield dict(text=text, prompt_tokens=len(ids), tokens=tokens, finish_reason=step.finish_reason)
 
     return generate
+
+
+def api_stats() -> Callable[[], dict]:
+    def stats() -> dict:
+        """Server load: generations running now."""
+        return dict(active_generations=ACTIVE.count)
+
+    return stats

@@ -10,10 +10,13 @@ from typing import Any, Iterator
 import gradio as gr
 
 from explorer.session import Session
-from explorer.ui.api import GenerationRequest, api_generate
+from explorer.ui.api import GenerationRequest, api_generate, api_stats, timed_steps
+from explorer.analysis import stage_values
+from explorer.ui.architecture_tab import ArchitectureTab
 from explorer.ui.attention_tab import AttentionTab
 from explorer.ui.common import Limits, model_summary
 from explorer.ui.embeddings_tab import EmbeddingsTab
+from explorer.ui.experts_tab import ExpertsTab
 from explorer.ui.logit_lens_tab import LogitLensTab
 from explorer.ui.next_token_tab import NextTokenTab
 from explorer.ui.tokens_tab import TokensTab
@@ -32,6 +35,18 @@ def css() -> str:
     return (ASSETS / "explorer.css").read_text()
 
 
+def live_stages(lm: LanguageModel):
+    """The Architecture tab's live values: the selected token through every block of the current context."""
+    def stages(s: Session) -> dict | None:
+        trace = s.trace(lm)
+        if trace is None:
+            return None
+        position = s.position(trace)
+        return s.cached(("stages", len(trace), position), lambda: stage_values(trace, position))
+
+    return stages
+
+
 def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
     tok = lm.tokenizer
 
@@ -39,7 +54,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         return output_html(tok, s.prompt_ids, s.steps, selected=s.selected)
 
     with gr.Blocks(title="LLM Explorer") as app:
-        state = gr.State(lambda: Session())
+        # a closed tab deletes the session: stop its generation at the next token
+        state = gr.State(lambda: Session(), delete_callback=lambda s: setattr(s, "stop_requested", True))
         gr.Markdown(model_summary(lm), elem_id="model-summary")
         if lm.random_weights:
             gr.Markdown("⚠️ **Random weights.** This model was built from its configuration alone: the text it writes "
@@ -69,9 +85,12 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         select_token = gr.Button("select", elem_id="select-token")
         tabs: dict[str, Any] = {}
         with gr.Tabs(elem_id="tabs"):
-            for cls in (TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab):
+            classes = [TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab]
+            if lm.config.moe is not None:
+                classes.append(ExpertsTab)
+            for cls in classes + [ArchitectureTab]:
                 with gr.Tab(cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
-                    tab = cls(lm)
+                    tab = ArchitectureTab(lm, live_stages(lm)) if cls is ArchitectureTab else cls(lm)
                 tabs[cls.title] = tab
                 tab.block = tab_block
 
@@ -87,7 +106,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             next_refresh = time.monotonic() + limits.refresh_seconds
             started = time.monotonic()
             next_text = 0.0
-            for step in lm.generate(ids, record=True, **request.generate_kwargs()):
+            for step in timed_steps(lm, ids, request, limits, record=True):
                 if s.stop_requested:
                     break
                 s.add(step)
@@ -146,12 +165,16 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                     tab.set_controls(s, *values)
                     return dict(zip(tab.outputs, tab.render(s)))
 
-                control.input(on_control, [state, *tab.controls], tab.outputs, api_visibility="private")
+                # always_last: a textbox typed into while a render runs still ends on what was typed
+                control.input(on_control, [state, *tab.controls], tab.outputs, api_visibility="private",
+                              trigger_mode="always_last")
 
         def on_example(label: str) -> tuple[str, bool]:
             example = next(e for e in EXAMPLES if e["label"] == label)
             return example["prompt"], bool(example["chat"]) and tok.chat_template is not None
 
         examples.input(on_example, [examples], [prompt, chat], api_visibility="private")
-        gr.api(api_generate(lm, limits), api_name="generate")
+        gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
+               concurrency_id="generate")
+        gr.api(api_stats(), api_name="stats", queue=False)
     return app

@@ -35,14 +35,17 @@ _CSS = (
     ".arch .box b{font-size:17px}"
     ".arch .arrow{color:%(muted)s;text-align:center;font-size:18px;margin:0}"
     ".arch .cards{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}"
-    ".arch .card{flex:1 1 430px;border:2px solid #bbb;border-radius:10px;padding:6px 10px;background:#FAFAFA}"
+    ".arch .card{flex:1 1 400px;border:2px solid #bbb;border-radius:10px;padding:6px 10px;background:#FAFAFA}"
     ".arch .card>h4{margin:2px 0 6px;font-size:18px}"
     ".arch .p{float:right;font-weight:600;margin-left:8px}"
     ".arch .a{color:%(muted)s;font-weight:400}"
     ".arch .sh,.arch code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:14px}"
     ".arch ul{margin:2px 0 2px 0;padding-left:18px}"
-    ".arch table{border-collapse:collapse;margin:4px 0}"
-    ".arch td,.arch th{padding:1px 8px 1px 0;text-align:left;vertical-align:top}"
+    # !important: the app's own table styles (borders, padding, stripes) would otherwise win
+    ".arch table{border-collapse:collapse;margin:4px 0;border:0!important;width:auto!important}"
+    ".arch tr{border:0!important}"
+    ".arch td,.arch th{padding:1px 10px 1px 0!important;text-align:left;vertical-align:top;border:0!important;"
+    "background:none!important}"
     ".arch td.n,.arch th.n{text-align:right}"
     ".arch .w td{font-size:14px}"
     ".arch .live{background:#FFF6D6;border-radius:4px;padding:1px 5px;font-size:14px;white-space:nowrap}"
@@ -118,8 +121,9 @@ def _weights(weights: Sequence[Weight]) -> str:
 def _box(component: str, title: str, weights: Sequence[Weight], body: str, live: str = "") -> str:
     trained = [w for w in weights if not w.buffer]
     total, active = sum(w.numel for w in trained), sum(w.active for w in trained)
-    return (f'<div class="box" style="border-left-color:{COLOURS[component]}">{_params(total, active)}'
-            f"<b>{title}</b> {live}{body}{_weights(weights)}</div>")
+    params, table = (_params(total, active), _weights(weights)) if weights else ("", "")
+    return (f'<div class="box" style="border-left-color:{COLOURS[component]}">{params}'
+            f"<b>{title}</b> {live}{body}{table}</div>")
 
 
 def _live(values: dict | None, *keys: str) -> str:
@@ -179,7 +183,8 @@ def _mlp(cfg: ModelConfig, weights: Sequence[Weight], live: dict | None) -> str:
             body = (f"<ul><li>SwiGLU: silu(x·W_gateᵀ) ⊙ (x·W_upᵀ) {_shape(['T', cfg.d_ff])} → W_down → "
                     f"{_shape(['T', d])}</li></ul>")
         else:
-            body = f"<ul><li>{cfg.activation}(x·W_upᵀ) {_shape(['T', cfg.d_ff])} → W_down → {_shape(['T', d])}</li></ul>"
+            body = (f"<ul><li>{cfg.activation}(x·W_upᵀ) {_shape(['T', cfg.d_ff])} → W_down → "
+                    f"{_shape(['T', d])}</li></ul>")
         return _box("dense_mlp", "MLP (feed-forward)", weights, body, live_html)
     moe = cfg.moe
     e, k, f = moe.n_routed_experts, moe.n_experts_per_tok, moe.d_ff_expert
@@ -293,7 +298,8 @@ def parameter_figure(counts: ParameterCounts) -> go.Figure:
     names = [c for c in COMPONENTS if getattr(counts, c).total]
     y = list(range(len(names)))
     fig = go.Figure()
-    for which, opacity in (("total", 0.35), ("active", 1.0)):
+    sparse = counts.active != counts.total
+    for which, opacity in (("total", 0.35), ("active", 1.0)) if sparse else (("total", 1.0),):
         values = [getattr(getattr(counts, c), which) for c in names]
         fig.add_trace(go.Bar(
             x=values, y=y, orientation="h", name=which, showlegend=False,
@@ -303,9 +309,10 @@ def parameter_figure(counts: ParameterCounts) -> go.Figure:
         ))
     fig.update_yaxes(tickvals=y, ticktext=[LABELS[c] for c in names], autorange="reversed")
     fig.update_xaxes(title_text="parameters", rangemode="tozero")
-    title = (f"Parameters: {human(counts.total)} total (pale), {human(counts.active)} active per token (solid)")
-    style.layout(fig, title, height=100 + 52 * len(names), barmode="group", bargap=0.25)
-    fig.update_layout(margin=dict(l=170, r=70))
+    title = (f"Parameters: {human(counts.total)} total (pale)<br>{human(counts.active)} active per token (solid)"
+             if sparse else f"Parameters: {human(counts.total)}<br>all active for every token")
+    style.layout(fig, title, height=120 + 52 * len(names), barmode="group", bargap=0.25)
+    fig.update_layout(margin=dict(l=160, r=60, t=70))
     return fig
 
 
@@ -315,14 +322,16 @@ def stages_figure(stages: Sequence[dict], rope: dict | None = None) -> go.Figure
     x = list(range(len(stages)))
     fig = go.Figure()
     dashes = {"resid_norm_in": "solid", "resid_norm_out": "dot"}
-    colours = {"resid_norm_in": "#222222", "attn_norm_out_norm": COLOURS["norms"], "attn_out_norm": COLOURS["attention"],
+    colours = {"resid_norm_in": "#222222", "attn_norm_out_norm": COLOURS["norms"],
+               "attn_out_norm": COLOURS["attention"],
                "mlp_norm_out_norm": "#BDBDBD", "mlp_out_norm": COLOURS["dense_mlp"], "resid_norm_out": "#222222"}
     for key, label in STAGES.items():
         values = [float(s[key]) if s.get(key) is not None else None for s in stages]
         fig.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=label,
                                  line=dict(color=colours[key], dash=dashes.get(key, "solid"), width=2.5),
-                                 marker=dict(size=5), hovertemplate=f"layer %{{x}}<br>{label} = %{{y:.4g}}<extra></extra>"))
-    fig.update_xaxes(title_text="layer", tickvals=style.thin_ticks(len(stages), 32) if stages else None)
+                                 marker=dict(size=5),
+                                 hovertemplate=f"layer %{{x}}<br>{label} = %{{y:.4g}}<extra></extra>"))
+    fig.update_xaxes(title_text="layer", tickvals=style.thin_ticks(len(stages), 12) if stages else None)
     fig.update_yaxes(title_text="vector norm (log)", type="log", dtick="D2")
     title = "Vector norms through the layers"
     if rope:

@@ -129,3 +129,26 @@ def test_clicking_a_token_selects_it_everywhere(page):
     # and a chip in the Tokens tab selects too: pick the first token of the prompt
     page.locator('#token-chips .tok[data-pos="0"]').click()
     page.wait_for_function(is_selected, arg='#token-chips .tok[data-pos="0"]', timeout=20000)
+
+
+def test_closing_the_tab_ends_the_generation(browser, app_url):
+    from gradio_client import Client
+
+    stats = Client(app_url, verbose=False)
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(app_url)
+    page.wait_for_selector("#generate")
+    set_prompt(page, "Once upon a time, in a small village by the sea, there lived", max_new=256)
+    page.click("#generate")
+    try:
+        page.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 3", timeout=60000)
+    except Exception:
+        page.screenshot(path="/tmp/closing.png")
+        raise
+    assert stats.predict(api_name="/stats")["active_generations"] == 1
+    context.close()
+    deadline = time.monotonic() + 30
+    while stats.predict(api_name="/stats")["active_generations"] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert stats.predict(api_name="/stats")["active_generations"] == 0
