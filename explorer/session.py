@@ -22,7 +22,8 @@ class Session:
     active_tab: str = "Tokens"
     arch_show: str = ""  # Architecture tab: which model or config to draw ("" = the loaded one)
     arch_path: str = ""
-    experts_layer: int | None = None  # Experts tab: the MoE layer shown (None = the first)
+    moe_layer: int | None = None  # Experts tab: the MoE layer shown (None = the first)
+    moe_load_all: bool = False  # Experts tab: load histogram of every MoE layer instead of one
     generating: bool = False
     stop_requested: bool = False
     _full_trace: Trace | None = None

@@ -63,7 +63,7 @@ class ExpertsTab:
         s.moe_load_all = bool(load_all)
 
     def selected_layer(self, s: Session) -> int:
-        layer = getattr(s, "moe_layer", None)
+        layer = s.moe_layer
         return layer if layer in self.moe_layers else self.moe_layers[0]
 
     def render(self, s: Session) -> list[Any]:
@@ -77,6 +77,6 @@ class ExpertsTab:
             expert_choice_figure(trace, tok, position, n_prompt=s.n_prompt),
             token_experts_figure(trace, position, tok),
             router_scores_figure(routing, position, moe.n_experts_per_tok, moe.scoring),
-            expert_load_figure(trace, None if getattr(s, "moe_load_all", False) else layer, s.n_prompt),
+            expert_load_figure(trace, None if s.moe_load_all else layer, s.n_prompt),
             shared_vs_routed_figure(routing, tok, trace.ids.tolist(), position, s.n_prompt),
         ]
