@@ -18,6 +18,7 @@ NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np
          7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 STRING, ARRAY = 8, 9
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_ARRAY_DEPTH = 8  # arrays of arrays (rare in real files); a deep nest would exhaust Python's recursion limit
 
 
 class GGUFFormatError(ValueError):
@@ -60,7 +61,7 @@ class _Cursor:
         except UnicodeDecodeError as e:
             raise GGUFFormatError(f"string at offset {self.pos - len(raw)} is not UTF-8") from e
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in SCALARS:
             return self.unpack(SCALARS[vtype])
         if vtype == STRING:
@@ -74,7 +75,9 @@ class _Cursor:
             if itype == STRING:
                 return [self.string() for _ in range(self.count(8, "array"))]
             if itype == ARRAY:
-                return [self.value(ARRAY) for _ in range(self.count(12, "array"))]
+                if depth >= MAX_ARRAY_DEPTH:
+                    raise GGUFFormatError(f"arrays nested deeper than {MAX_ARRAY_DEPTH} at offset {self.pos}")
+                return [self.value(ARRAY, depth + 1) for _ in range(self.count(12, "array"))]
             raise GGUFFormatError(f"unknown array item type {itype}")
         raise GGUFFormatError(f"unknown value type {vtype}")
 

@@ -3,12 +3,15 @@ Pickle checkpoints (.bin/.pt) are refused: unpickling can run arbitrary code."""
 from __future__ import annotations
 
 import json
+import math
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Mapping, Sequence
 
-from safetensors import safe_open
+import torch
+from safetensors import SafetensorError, safe_open
 
-from ..config import ModelConfig, unsupported
+from ..config import ModelConfig, UnsupportedModelError, unsupported
 from ..decoder import Decoder
 from ..tokenizer import Tokenizer
 from .weights import WeightLoadError, hf_rules, load_weights
@@ -30,8 +33,10 @@ def refuse_pickle(path: Path) -> PickleRefusedError:
 def safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({folder / f for f in weight_map.values()})
+        try:
+            files = sorted({folder / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index} is not a valid shard index: {type(e).__name__}: {e}") from e
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise FileNotFoundError(f"{index} lists shards that are not in {folder}: {missing}")
@@ -49,24 +54,80 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face model directory")
-    return json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # invalid JSON or UTF-8
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} holds a JSON {type(raw).__name__}, not an object")
+    return raw
+
+
+def check_sizes(cfg: ModelConfig, shapes: Mapping[str, Sequence[int]], source: Path) -> None:
+    """Refuse sizes that are not positive or that no tensor of the checkpoint could hold, before a decoder is built
+    from them: a decoder of 10**9 layers takes forever to build, a negative size fails deep inside torch."""
+    largest = max((math.prod(s) for s in shapes.values()), default=0)
+    sizes = {"vocab_size": cfg.vocab_size, "hidden size": cfg.d_model, "layers": cfg.n_layers,
+             "attention heads": cfg.n_heads, "key/value heads": cfg.n_kv_heads, "head dim": cfg.d_head,
+             "feed-forward size": cfg.d_ff}
+    for sub in (cfg.mla, cfg.moe):
+        if sub is not None:
+            sizes |= {k: v for k, v in vars(sub).items() if type(v) is int and v != 0}  # 0 stands for "none"
+    bad = [f"{k} {v}" for k, v in sizes.items() if not 0 < v <= largest]
+    # every layer and every routed expert has tensors of its own
+    bad += [f"{v} {k} in {len(shapes)} tensors" for k, v in (("layers", cfg.n_layers), ("routed experts",
+            cfg.moe.n_routed_experts if cfg.moe else 0)) if v > len(shapes)]
+    bad += [f"max positions {cfg.max_positions}"] if cfg.max_positions <= 0 else []
+    if bad:
+        raise WeightLoadError(f"{source}: config.json sizes do not fit the checkpoint (its largest tensor has "
+                              f"{largest} values): {', '.join(bad)}")
 
 
 def load_hf_dir(folder: Path) -> tuple[Decoder, Tokenizer, str]:
     raw = read_config(folder)
-    name = raw.get("_name_or_path") or folder.name
-    cfg = ModelConfig.from_hf_config(raw, name=name)
-    tokenizer = Tokenizer.from_hf_dir(folder)
+    name = str(raw.get("_name_or_path") or folder.name)
+    try:
+        cfg = ModelConfig.from_hf_config(raw, name=name)
+    except UnsupportedModelError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError, OverflowError) as e:
+        problem = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{folder / 'config.json'} is not a valid config ({problem})") from e
+    try:
+        tokenizer = Tokenizer.from_hf_dir(folder)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{folder}: malformed tokenizer files ({type(e).__name__}: {e})") from e
+    except Exception as e:
+        if type(e) is not Exception:
+            raise
+        # the tokenizers library raises a bare Exception for a tokenizer.json it cannot parse
+        raise ValueError(f"{folder / 'tokenizer.json'} cannot be read: {e}") from e
     rules, ignore = hf_rules(cfg)
     with ExitStack() as stack:
-        handles = {}
+        handles, shapes, paths = {}, {}, {}
         for f in safetensors_files(folder):
-            handle = stack.enter_context(safe_open(str(f), framework="pt"))
-            for key in handle.keys():
+            try:
+                handle = stack.enter_context(safe_open(str(f), framework="pt"))
+                file_shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+            except SafetensorError as e:
+                raise WeightLoadError(f"{f} is not a valid safetensors file: {e}") from e
+            for key in file_shapes:
                 if key in handles:
                     raise WeightLoadError(f"tensor {key} appears in more than one shard")
-                handles[key] = handle
+                handles[key], paths[key] = handle, f
+            shapes |= file_shapes
         if any(k.endswith("weight_scale_inv") for k in handles):
             raise unsupported("FP8 block-quantized checkpoints (weight_scale_inv tensors); use a bf16 conversion")
-        decoder = load_weights(cfg, list(handles), lambda k: handles[k].get_tensor(k), rules, ignore)
+        check_sizes(cfg, shapes, folder)
+
+        def get(key: str) -> torch.Tensor:
+            try:
+                t = handles[key].get_tensor(key)
+            except SafetensorError as e:
+                raise WeightLoadError(f"{paths[key]}: tensor {key} cannot be read: {e}") from e
+            if not t.is_floating_point():  # e.g. int32 bytes where floats belong: converting would be garbage
+                raise WeightLoadError(f"{paths[key]}: tensor {key} has dtype {t.dtype}, not a floating-point type")
+            return t
+
+        decoder = load_weights(cfg, list(handles), get, rules, ignore)
     return decoder, tokenizer, name

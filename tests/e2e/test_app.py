@@ -152,3 +152,27 @@ def test_closing_the_tab_ends_the_generation(browser, app_url):
     while stats.predict(api_name="/stats")["active_generations"] and time.monotonic() < deadline:
         time.sleep(0.3)
     assert stats.predict(api_name="/stats")["active_generations"] == 0
+
+
+def test_sessions_never_see_each_others_prompts_or_outputs(browser, app_url):
+    pages = []
+    for prompt in ("Alpha apples are", "Zebra zeppelins are"):
+        context = browser.new_context(viewport={"width": 1300, "height": 900})
+        page = context.new_page()
+        page.goto(app_url)
+        page.wait_for_selector("#generate")
+        set_prompt(page, prompt, max_new=8, greedy=True)
+        pages.append((context, page, prompt))
+    for _, page, _ in pages:  # both generate at the same time
+        page.click("#generate")
+    for _, page, _ in pages:
+        wait_done(page)
+    (ca, a, pa), (cb, b, pb) = pages
+    assert pa in a.inner_text("#output") and pb not in a.inner_text("#output")
+    assert pb in b.inner_text("#output") and pa not in b.inner_text("#output")
+    for page, prompt in ((a, pa), (b, pb)):  # the Tokens tab counts this session's own prompt
+        page.get_by_role("tab", name="Tokens").click()
+        page.wait_for_function("(n) => document.querySelector('#token-stats').innerText.includes(n)",
+                               arg=f"characters\t{len(prompt)}", timeout=20000)
+    ca.close()
+    cb.close()
