@@ -4,6 +4,7 @@ Run: make bench   (or .venv/bin/python -m bench.core --tokens 64 --repeats 3)"""
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,13 @@ def median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def read_bandwidth(size: int = 512 * 2**20, repeats: int = 5) -> float:
+    """Bytes per second the CPU streams from memory: the median of summing a buffer far larger than the caches."""
+    buf = torch.ones(size // 4)
+    buf.sum()
+    return size / median_time(lambda: buf.sum(), repeats)
 
 
 def cold_load(repeats: int) -> float:
@@ -75,6 +83,8 @@ def main() -> None:
 
     trace = lm.trace((long_ids * 4)[:1024])
     weights = sum(p.numel() * p.element_size() for p in lm.decoder.parameters())
+    bandwidth = read_bandwidth()
+    bound = bandwidth / weights  # tokens/s if every token only had to read every weight once
 
     print(f"\n{'measure':42} {'ours':>10} {'transformers':>13} {'ratio':>7}")
     for label, a, b in rows:
@@ -82,6 +92,11 @@ def main() -> None:
     print(f"{'time to first token, 256-token prompt (s)':42} {t_prefill:10.3f} {t_hf_prefill:13.3f}")
     print(f"{'trace of 1,024 tokens (MiB)':42} {trace.nbytes / 2**20:10.1f}")
     print(f"{'weights read per decoded token (MiB)':42} {weights / 2**20:10.1f}")
+    print(f"{'memory read bandwidth (GB/s)':42} {bandwidth / 1e9:10.1f}")
+    print(f"{'bandwidth bound (tok/s)':42} {bound:10.1f}")
+    print(f"{'decode with recording / bound':42} {rows[0][1] / bound:10.0%}  (transformers: {rows[0][2] / bound:.0%})")
+    print(f"{'peak process memory (MiB)':42} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:10.0f}  "
+          "(this process holds both models)")
     print(f"{'cold load, new process (s)':42} {cold_load(args.repeats):10.2f}")
 
 

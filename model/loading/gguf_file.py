@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, unsupported
+from ..config import ModelConfig, UnsupportedModelError, unsupported
 from ..decoder import Decoder
 from ..tokenizer import Tokenizer
-from .gguf_reader import GGUFFile
-from .weights import Rule, Transform, load_weights, split3
+from .gguf_reader import GGUFFile, GGUFFormatError
+from .weights import Rule, Transform, check_sizes, load_weights, split3
 
 
 def unpermute(n_heads: int) -> Transform:
@@ -63,8 +63,15 @@ def load_gguf(path: Path) -> tuple[Decoder, Tokenizer, str]:
     if "rope_freqs.weight" in f.tensors:
         raise unsupported("GGUF files with rope_freqs (Llama 3.1 rope scaling); load the HF directory instead")
     name = str(f.metadata.get("general.name") or path.stem)
-    cfg = ModelConfig.from_gguf_metadata(f.metadata, has_output_weight="output.weight" in f.tensors, name=name)
-    tokenizer = Tokenizer.from_gguf_metadata(f.metadata)
+    try:
+        cfg = ModelConfig.from_gguf_metadata(f.metadata, has_output_weight="output.weight" in f.tensors, name=name)
+        tokenizer = Tokenizer.from_gguf_metadata(f.metadata)
+    except UnsupportedModelError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, OverflowError) as e:
+        problem = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise GGUFFormatError(f"{path}: metadata does not describe a usable model ({problem})") from e
+    check_sizes(cfg, {k: t.shape for k, t in f.tensors.items()}, path)
     # numpy releases the GIL while dequantizing: the tensors decode in parallel
     with ThreadPoolExecutor() as pool:
         arrays = dict(zip(f.tensors, pool.map(f.dequantize, f.tensors)))

@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from ..config import ModelConfig, UnsupportedModelError, unsupported
 from ..decoder import Decoder
 from ..tokenizer import Tokenizer
-from .weights import WeightLoadError, hf_rules, load_weights
+from .weights import WeightLoadError, check_sizes, hf_rules, load_weights
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -35,7 +35,7 @@ def safetensors_files(folder: Path) -> list[Path]:
     if index.exists():
         try:
             files = sorted({folder / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise ValueError(f"{index} is not a valid shard index: {type(e).__name__}: {e}") from e
         missing = [f.name for f in files if not f.exists()]
         if missing:
@@ -56,31 +56,11 @@ def read_config(folder: Path) -> dict:
         raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face model directory")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:  # invalid JSON or UTF-8
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # invalid JSON or UTF-8; arrays nested thousands deep
+        raise ValueError(f"{path} is not valid JSON: {type(e).__name__}: {e}") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a JSON {type(raw).__name__}, not an object")
     return raw
-
-
-def check_sizes(cfg: ModelConfig, shapes: Mapping[str, Sequence[int]], source: Path) -> None:
-    """Refuse sizes that are not positive or that no tensor of the checkpoint could hold, before a decoder is built
-    from them: a decoder of 10**9 layers takes forever to build, a negative size fails deep inside torch."""
-    largest = max((math.prod(s) for s in shapes.values()), default=0)
-    sizes = {"vocab_size": cfg.vocab_size, "hidden size": cfg.d_model, "layers": cfg.n_layers,
-             "attention heads": cfg.n_heads, "key/value heads": cfg.n_kv_heads, "head dim": cfg.d_head,
-             "feed-forward size": cfg.d_ff}
-    for sub in (cfg.mla, cfg.moe):
-        if sub is not None:
-            sizes |= {k: v for k, v in vars(sub).items() if type(v) is int and v != 0}  # 0 stands for "none"
-    bad = [f"{k} {v}" for k, v in sizes.items() if not 0 < v <= largest]
-    # every layer and every routed expert has tensors of its own
-    bad += [f"{v} {k} in {len(shapes)} tensors" for k, v in (("layers", cfg.n_layers), ("routed experts",
-            cfg.moe.n_routed_experts if cfg.moe else 0)) if v > len(shapes)]
-    bad += [f"max positions {cfg.max_positions}"] if cfg.max_positions <= 0 else []
-    if bad:
-        raise WeightLoadError(f"{source}: config.json sizes do not fit the checkpoint (its largest tensor has "
-                              f"{largest} values): {', '.join(bad)}")
 
 
 def load_hf_dir(folder: Path) -> tuple[Decoder, Tokenizer, str]:
@@ -95,7 +75,7 @@ def load_hf_dir(folder: Path) -> tuple[Decoder, Tokenizer, str]:
         raise ValueError(f"{folder / 'config.json'} is not a valid config ({problem})") from e
     try:
         tokenizer = Tokenizer.from_hf_dir(folder)
-    except (KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # e.g. bad UTF-8 or JSON
         raise ValueError(f"{folder}: malformed tokenizer files ({type(e).__name__}: {e})") from e
     except Exception as e:
         if type(e) is not Exception:
@@ -118,7 +98,7 @@ def load_hf_dir(folder: Path) -> tuple[Decoder, Tokenizer, str]:
             shapes |= file_shapes
         if any(k.endswith("weight_scale_inv") for k in handles):
             raise unsupported("FP8 block-quantized checkpoints (weight_scale_inv tensors); use a bf16 conversion")
-        check_sizes(cfg, shapes, folder)
+        check_sizes(cfg, shapes, folder / "config.json")
 
         def get(key: str) -> torch.Tensor:
             try:

@@ -2,9 +2,11 @@
 Every parameter is filled exactly once, shapes are checked, tensors the map does not know are an error."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -43,6 +45,27 @@ def split3(dim: int) -> Transform:
     return split
 
 
+def check_sizes(cfg: ModelConfig, shapes: Mapping[str, Sequence[int]], source: Path) -> None:
+    """Refuse sizes that are not positive or that no tensor of the checkpoint could hold, before a decoder is built
+    from them: a decoder of 10**9 layers takes forever to build, a negative size fails deep inside torch."""
+    largest = max((math.prod(s) for s in shapes.values()), default=0)
+    sizes = {"vocab_size": cfg.vocab_size, "hidden size": cfg.d_model, "layers": cfg.n_layers,
+             "attention heads": cfg.n_heads, "key/value heads": cfg.n_kv_heads, "head dim": cfg.d_head,
+             "feed-forward size": cfg.d_ff}
+    for sub in (cfg.mla, cfg.moe):
+        if sub is not None:
+            sizes |= {k: v for k, v in vars(sub).items() if type(v) is int and v != 0}  # 0 stands for "none"
+    bad = [f"{k} {v}" for k, v in sizes.items() if not 0 < v <= largest]
+    # every layer and every routed expert has tensors of its own
+    bad += [f"{v} {k} in {len(shapes)} tensors" for k, v in (("layers", cfg.n_layers), ("routed experts",
+            cfg.moe.n_routed_experts if cfg.moe else 0)) if v > len(shapes)]
+    bad += [f"max positions {cfg.max_positions}"] if cfg.max_positions <= 0 else []
+    bad += [f"sliding window {w}" for w in cfg.sliding_window if w is not None and not 0 < w < 2**63]  # int64
+    if bad:
+        raise WeightLoadError(f"{source}: the configured sizes do not fit the checkpoint (its largest tensor has "
+                              f"{largest} values): {', '.join(bad)}")
+
+
 def load_weights(
     cfg: ModelConfig,
     names: Iterable[str],
@@ -59,7 +82,10 @@ def load_weights(
         for rule in rules:
             m = re.fullmatch(rule.source, name)
             if m:
-                tensors = (rule.transform or _same)(get(name))
+                try:
+                    tensors = (rule.transform or _same)(get(name))
+                except RuntimeError as e:  # a reshape that the stored shape cannot take
+                    raise WeightLoadError(f"tensor {name} does not fit the model's layout: {e}") from e
                 for target, tensor in zip(rule.targets, tensors):
                     key = m.expand(target)
                     if key in state:
