@@ -58,8 +58,9 @@ class AttentionTab:
         position = s.position(trace)
         shown = hide_first_token(attn) if s.hide_sink else attn
         row = shown.mean(0)[position] if s.head == "mean" else shown[s.head, position]
-        grid = s.cached(("grid", n, s.hide_sink, s.layer, s.head),
-                        lambda: attention_grid_figure(trace, s.hide_sink, s.layer, s.head))
+        tile = 12 if s.generating else 24  # while streaming, a coarser overview: a quarter of the 1 MB payload
+        grid = s.cached(("grid", n, s.hide_sink, s.layer, s.head, tile),
+                        lambda: attention_grid_figure(trace, s.hide_sink, s.layer, s.head, tile=tile))
         return [
             attention_map_figure(attn, s.layer, s.head, ids, self.lm.tokenizer, s.hide_sink, position),
             grid,
