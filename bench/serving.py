@@ -12,6 +12,14 @@ from gradio_client import Client
 from tests.e2e.conftest import start_app
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), Linux only."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def cold_start(repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -72,6 +80,7 @@ def main() -> None:
         for n in (int(x) for x in args.sessions.split(",")):
             r = sessions(url, n, args.tokens)
             print(f"{r['n']:>8} {r['tok_s']:>12.1f} {r['p95_first']:>20.2f} {r['errors']:>7} {r['wall']:>9.1f}")
+        print(f"\npeak memory of the app process (MiB): {peak_rss_mib(proc.pid):.0f}")
     finally:
         proc.terminate()
 
