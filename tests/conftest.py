@@ -21,6 +21,15 @@ def write_tiny_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
 
 
+def save_and_load(hf, folder: Path):
+    """Save a transformers model with a tiny tokenizer and load it back with the core (CPU, float32)."""
+    from model import load_model
+
+    hf.save_pretrained(folder)
+    write_tiny_tokenizer(folder)
+    return load_model(folder, device="cpu", dtype="float32")
+
+
 @pytest.fixture(scope="session")
 def embedded_lm():
     from model import load_model

@@ -3,10 +3,8 @@ Pickle checkpoints (.bin/.pt) are refused: unpickling can run arbitrary code."""
 from __future__ import annotations
 
 import json
-import math
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open

@@ -63,15 +63,20 @@ def browser():
         b.close()
 
 
+def open_page(browser, url: str):
+    """A fresh browser context on the app, ready to use; page.js_errors collects uncaught page errors."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.js_errors = []
+    page.on("pageerror", lambda e: page.js_errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("#generate")
+    return context, page
+
+
 @pytest.fixture()
 def page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(app_url)
-    pg.wait_for_selector("#generate")
-    pg.js_errors = errors
+    context, pg = open_page(browser, app_url)
     yield pg
     context.close()
 

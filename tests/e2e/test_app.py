@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-import pytest
+from tests.e2e.conftest import open_page
 
 TABS = {  # tab -> the plot that must render with data
     "Tokens": "#token-share",
@@ -135,17 +135,10 @@ def test_closing_the_tab_ends_the_generation(browser, app_url):
     from gradio_client import Client
 
     stats = Client(app_url, verbose=False)
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(app_url)
-    page.wait_for_selector("#generate")
+    context, page = open_page(browser, app_url)
     set_prompt(page, "Once upon a time, in a small village by the sea, there lived", max_new=256)
     page.click("#generate")
-    try:
-        page.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 3", timeout=60000)
-    except Exception:
-        page.screenshot(path="/tmp/closing.png")
-        raise
+    page.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 3", timeout=60000)
     assert stats.predict(api_name="/stats")["active_generations"] == 1
     context.close()
     deadline = time.monotonic() + 30
@@ -157,10 +150,7 @@ def test_closing_the_tab_ends_the_generation(browser, app_url):
 def test_sessions_never_see_each_others_prompts_or_outputs(browser, app_url):
     pages = []
     for prompt in ("Alpha apples are", "Zebra zeppelins are"):
-        context = browser.new_context(viewport={"width": 1300, "height": 900})
-        page = context.new_page()
-        page.goto(app_url)
-        page.wait_for_selector("#generate")
+        context, page = open_page(browser, app_url)
         set_prompt(page, prompt, max_new=8, greedy=True)
         pages.append((context, page, prompt))
     for _, page, _ in pages:  # both generate at the same time

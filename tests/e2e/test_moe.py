@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import start_app
+from tests.e2e.conftest import open_page, start_app
 from tests.e2e.test_app import plot_points, set_prompt, wait_done
 
 HAS_DATA = ("(sel) => { const el = document.querySelector(sel + ' .js-plotly-plot');"
@@ -21,13 +21,8 @@ def moe_url():
 
 @pytest.fixture()
 def moe_page(browser, moe_url):
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(moe_url)
-    page.wait_for_selector("#generate")
-    yield page, errors
+    context, page = open_page(browser, moe_url)
+    yield page, page.js_errors
     context.close()
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 import transformers
 
-from model import load_model
-from tests.conftest import write_tiny_tokenizer
+from tests.conftest import save_and_load
 
 VOCAB = 300
 BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, moe_intermediate_size=24, num_hidden_layers=3,
@@ -41,9 +40,7 @@ def build(name: str, folder):
         for bname, b in hf.named_buffers():
             if bname.endswith("e_score_correction_bias"):
                 b.copy_(torch.randn_like(b) * 0.1)
-    hf.save_pretrained(folder)
-    write_tiny_tokenizer(folder)
-    return hf, load_model(folder, device="cpu", dtype="float32")
+    return hf, save_and_load(hf, folder)
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))

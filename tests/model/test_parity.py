@@ -7,8 +7,7 @@ import pytest
 import torch
 import transformers
 
-from model import load_model
-from tests.conftest import write_tiny_tokenizer
+from tests.conftest import save_and_load
 
 VOCAB = 300
 BASE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
@@ -36,9 +35,7 @@ def build(name: str, folder):
         for pname, p in hf.named_parameters():
             if "norm" in pname or "ln_" in pname or pname.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.2)
-    hf.save_pretrained(folder)
-    write_tiny_tokenizer(folder)
-    return hf, load_model(folder, device="cpu", dtype="float32")
+    return hf, save_and_load(hf, folder)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
