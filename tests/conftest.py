@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network, even by accident
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
