@@ -26,6 +26,7 @@ class Session:
     moe_load_all: bool = False  # Experts tab: load histogram of every MoE layer instead of one
     generating: bool = False
     stop_requested: bool = False
+    rendered_steps: int = 0  # steps the open tab last showed while streaming
     _full_trace: Trace | None = None
     _cache: dict[tuple, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)  # objects a tab keeps for one context (e.g. caches)
@@ -33,7 +34,7 @@ class Session:
     def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
         self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
         self.selected, self.step_index, self._full_trace = None, None, None
-        self.generating, self.stop_requested = True, False
+        self.generating, self.stop_requested, self.rendered_steps = True, False, 0
         self._cache.clear()
         self.extras.clear()
 

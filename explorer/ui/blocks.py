@@ -98,12 +98,16 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             tab = tabs[s.active_tab]
             return dict(zip(tab.outputs, tab.render(s)))
 
+        # While tokens stream, the plots of the open tab refresh on this timer, not in the generation's own updates:
+        # Gradio handles every output of an event on every update (~1 ms for the text alone, ~25 ms once the 30
+        # plots of all tabs are outputs too), so the per-token updates carry only the text and the status.
+        refresher = gr.Timer(limits.refresh_seconds, active=False)
+
         def on_generate(text, use_chat, n_new, temp, k, p, seed_value, is_greedy, s: Session) -> Iterator[dict]:
             request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, limits)
             ids = request.prompt_ids(lm, limits)
             s.start(ids, request.settings())
-            yield {state: s, output: render_output(s), status: "Generating…"}  # the tab follows at the first refresh
-            next_refresh = time.monotonic() + limits.refresh_seconds
+            yield {state: s, output: render_output(s), status: "Generating…", refresher: gr.Timer(active=True)}
             started = time.monotonic()
             next_text = 0.0
             for step in timed_steps(lm, ids, request, limits, record=True):
@@ -113,15 +117,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 if time.monotonic() < next_text:
                     continue  # the browser redraws at most text_hz times a second; tokens in between ride along
                 next_text = time.monotonic() + 1 / limits.text_hz
-                update = {output: render_output(s),
-                          status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
-                if time.monotonic() >= next_refresh:
-                    t0 = time.monotonic()
-                    update.update(render_tab(s))
-                    cost = time.monotonic() - t0
-                    # keep rendering under ~20% of the time, so tokens keep flowing at the model's pace
-                    next_refresh = time.monotonic() + max(limits.refresh_seconds, 4 * cost)
-                yield update
+                yield {output: render_output(s),
+                       status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
             s.generating = False
             rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
             reason = s.steps[-1].finish_reason if s.steps else None
@@ -129,12 +126,24 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 message = f"Stopped after {len(s.steps)} tokens"
             else:
                 message = f"Done: {len(s.steps)} tokens at {rate:.1f} tok/s" + (" (end of text)" if reason == "stop" else "")
-            yield {output: render_output(s), status: message, **render_tab(s)}
+            yield {output: render_output(s), status: message, refresher: gr.Timer(active=False)}
 
-        everything = [state, output, status] + [c for t in tabs.values() for c in t.outputs]
+        def on_tick(s: Session) -> dict:
+            if not s.generating or s.rendered_steps == len(s.steps):
+                return {}
+            s.rendered_steps = len(s.steps)
+            return render_tab(s)
+
+        tab_outputs = [c for t in tabs.values() for c in t.outputs]
+        everything = [state, output, status] + tab_outputs
         gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
-                                                 state], everything, api_visibility="private", show_progress="hidden",
-                                   concurrency_limit=limits.max_concurrent, concurrency_id="generate")
+                                                 state], [state, output, status, refresher], api_visibility="private",
+                                   show_progress="hidden", concurrency_limit=limits.max_concurrent,
+                                   concurrency_id="generate")
+        gen_event.then(render_tab, [state], tab_outputs, api_visibility="private", show_progress="hidden")
+        # "once": a tick that comes while the last render still runs is dropped, so slow renders thin themselves out
+        refresher.tick(on_tick, [state], tab_outputs, api_visibility="private", show_progress="hidden",
+                       trigger_mode="once", concurrency_limit=None)
 
         def on_stop(s: Session) -> dict:
             s.stop_requested = True

@@ -87,6 +87,10 @@ def test_stop_ends_a_long_generation_and_keeps_the_text(page):
     set_prompt(page, "Write a long story about a dragon who learns to read.", max_new=256)
     page.click("#generate")
     page.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 5", timeout=60000)
+    # the open tab is live: its plot fills while tokens still stream
+    page.wait_for_function("() => document.querySelector('#token-share .js-plotly-plot')?._fullData?.[0]?.x?.length"
+                           " > 4", timeout=30000)
+    assert page.inner_text("#status").startswith("Generating")
     page.click("#stop")
     status = wait_done(page, 30)
     assert status.startswith("Stopped")
