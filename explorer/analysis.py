@@ -15,14 +15,15 @@ _LOGIT_CHUNK = 256
 
 
 @torch.inference_mode()
-def sequence_logprobs(trace: Trace, start: int = 1) -> list[float]:
-    """log p(x_t | x_<t) in nats for t = start .. T-1, read from the logits at positions t-1."""
+def sequence_logprobs(trace: Trace, start: int = 1, stop: int | None = None) -> list[float]:
+    """log p(x_t | x_<t) in nats for t = start .. stop-1 (default: to the end), read from the logits at t-1."""
     if start < 1:
         raise ValueError("the first token has no prediction: start must be >= 1")
     ids = trace.ids
+    end = len(ids) if stop is None else min(stop, len(ids))
     out: list[float] = []
-    for lo in range(start, len(ids), _LOGIT_CHUNK):
-        hi = min(lo + _LOGIT_CHUNK, len(ids))
+    for lo in range(start, end, _LOGIT_CHUNK):
+        hi = min(lo + _LOGIT_CHUNK, end)
         logits = trace.logits_at(slice(lo - 1, hi - 1))  # [n, vocab]
         logp = torch.log_softmax(logits.float(), dim=-1)
         out.extend(logp.gather(1, ids[lo:hi, None]).squeeze(1).tolist())

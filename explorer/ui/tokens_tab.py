@@ -34,8 +34,9 @@ class TokensTab:
 
     def logprobs(self, s: Session) -> list[float]:
         """log p(x_t | x_<t) for t = 1..: the prompt's from one forward pass, the generated tokens' from their steps."""
+        # the session's trace always covers the prompt (while streaming too): no second forward pass over it
         prompt = s.cached(("prompt-logprobs", s.n_prompt),
-                          lambda: sequence_logprobs(self.lm.trace(s.prompt_ids)) if s.n_prompt > 1 else [])
+                          lambda: sequence_logprobs(s.trace(self.lm), stop=s.n_prompt) if s.n_prompt > 1 else [])
         return prompt + [math.log(max(step.prob, 1e-45)) for step in s.steps]
 
     def render(self, s: Session) -> list[Any]:

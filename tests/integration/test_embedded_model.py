@@ -17,8 +17,9 @@ PROMPT = "The capital of France is"
 @pytest.fixture(scope="module")
 def hf_gguf():
     path = embedded_gguf_path()
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    # a local file, never the hub: local_files_only, and tests/conftest.py sets HF_HUB_OFFLINE
+    load = transformers.AutoModelForCausalLM.from_pretrained
+    return load(str(path.parent), gguf_file=path.name, dtype=torch.float32, local_files_only=True).eval()
 
 
 def test_loads_offline_and_fast():

@@ -96,3 +96,10 @@ def test_vocabulary_sample_is_fixed_distinct_and_in_range():
     assert len(set(sample)) == 2000 and sample == sorted(sample)
     assert 0 <= sample[0] and sample[-1] < 49152
     assert vocabulary_sample(10, 50) == list(range(10))
+
+
+def test_sequence_logprobs_stop_gives_the_prefix(embedded_lm):
+    trace = embedded_lm.trace(embedded_lm.tokenizer.encode("The quick brown fox jumps over the lazy dog"))
+    full = sequence_logprobs(trace)
+    assert sequence_logprobs(trace, stop=5) == full[:4]
+    assert sequence_logprobs(trace, start=3, stop=7) == full[2:6]
