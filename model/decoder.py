@@ -11,6 +11,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
+from .quantized import PackedWeight
 from .layers import (activation, apply_rope, attention, layer_norm, rms_norm, rope_attention_factor, rope_cos_sin,
                      rope_inv_freq, route_experts, yarn_mscale)
 
@@ -40,6 +41,28 @@ class BlockInternals:
     shared_out: torch.Tensor | None = None  # MoE: [B, T, d] the shared experts' part of mlp_out
 
 
+class Linear(nn.Linear):
+    """nn.Linear that, where the loader kept the checkpoint's quantized blocks (`packed`), multiplies a few rows
+    (decoding) straight from them: the same weight values, a fraction of the bytes read."""
+
+    packed: PackedWeight | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and self.packed.usable_for(x):
+            y = self.packed.matmul(x)
+            return y if self.bias is None else y + self.bias
+        return super().forward(x)
+
+
+def project(x: torch.Tensor, linears: tuple[Linear, ...], fused: PackedWeight | None) -> list[torch.Tensor]:
+    """x through several Linears that read the same input; with `fused` (their packed rows stacked, see
+    fuse_packed) a decoding step reads them in one pass."""
+    if fused is None or not fused.usable_for(x):
+        return [linear(x) for linear in linears]
+    outs = fused.matmul(x).split([linear.out_features for linear in linears], dim=-1)
+    return [y if linear.bias is None else y + linear.bias for y, linear in zip(outs, linears)]
+
+
 class Norm(nn.Module):
     def __init__(self, dim: int, kind: str, eps: float) -> None:
         super().__init__()
@@ -59,12 +82,13 @@ class Attention(nn.Module):
         self.layer, self.n_heads, self.n_kv_heads, self.d_head = layer, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         self.window = cfg.window(layer)
         self.scale = 1.0 / math.sqrt(cfg.d_head)
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=cfg.qkv_bias)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
-        self.wo = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=cfg.out_bias)
+        self.wq = Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.wk = Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.wv = Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.wo = Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=cfg.out_bias)
         self.q_norm = Norm(cfg.d_head, "rms", cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = Norm(cfg.d_head, "rms", cfg.norm_eps) if cfg.qk_norm else None
+        self.qkv_packed: PackedWeight | None = None
 
     def forward(
         self,
@@ -75,9 +99,10 @@ class Attention(nn.Module):
         need_probs: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # [B, H, T, D]
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        q, k, v = project(x, (self.wq, self.wk, self.wv), self.qkv_packed)
+        q = q.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
         if self.q_norm is not None:  # Qwen3: RMSNorm per head, before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -101,15 +126,15 @@ class LatentAttention(nn.Module):
         mla = cfg.mla
         self.layer, self.n_heads, self.mla = layer, cfg.n_heads, mla
         if mla.q_lora_rank:
-            self.wq_a = nn.Linear(cfg.d_model, mla.q_lora_rank, bias=cfg.qkv_bias)
+            self.wq_a = Linear(cfg.d_model, mla.q_lora_rank, bias=cfg.qkv_bias)
             self.q_a_norm = Norm(mla.q_lora_rank, "rms", LATENT_NORM_EPS)
-            self.wq_b = nn.Linear(mla.q_lora_rank, cfg.n_heads * mla.qk_head_dim, bias=False)
+            self.wq_b = Linear(mla.q_lora_rank, cfg.n_heads * mla.qk_head_dim, bias=False)
         else:
-            self.wq = nn.Linear(cfg.d_model, cfg.n_heads * mla.qk_head_dim, bias=False)
-        self.wkv_a = nn.Linear(cfg.d_model, mla.kv_lora_rank + mla.qk_rope_dim, bias=cfg.qkv_bias)
+            self.wq = Linear(cfg.d_model, cfg.n_heads * mla.qk_head_dim, bias=False)
+        self.wkv_a = Linear(cfg.d_model, mla.kv_lora_rank + mla.qk_rope_dim, bias=cfg.qkv_bias)
         self.kv_a_norm = Norm(mla.kv_lora_rank, "rms", LATENT_NORM_EPS)
-        self.wkv_b = nn.Linear(mla.kv_lora_rank, cfg.n_heads * (mla.qk_nope_dim + mla.v_head_dim), bias=False)
-        self.wo = nn.Linear(cfg.n_heads * mla.v_head_dim, cfg.d_model, bias=cfg.out_bias)
+        self.wkv_b = Linear(mla.kv_lora_rank, cfg.n_heads * (mla.qk_nope_dim + mla.v_head_dim), bias=False)
+        self.wo = Linear(cfg.n_heads * mla.v_head_dim, cfg.d_model, bias=cfg.out_bias)
         scale = mla.qk_head_dim ** -0.5
         if cfg.rope is not None and cfg.rope.kind == "yarn" and cfg.rope.mscale_all_dim:
             scale *= yarn_mscale(cfg.rope.factor, cfg.rope.mscale_all_dim) ** 2  # YaRN's softmax temperature
@@ -150,13 +175,15 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.gated, self.act = cfg.mlp == "swiglu", cfg.activation
-        self.w_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias) if self.gated else None
-        self.w_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
-        self.w_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
+        self.w_gate = Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias) if self.gated else None
+        self.w_up = Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
+        self.w_down = Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
+        self.gate_up_packed: PackedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:  # SwiGLU
-            return self.w_down(activation(self.w_gate(x), self.act) * self.w_up(x))
+            gate, up = project(x, (self.w_gate, self.w_up), self.gate_up_packed)
+            return self.w_down(activation(gate, self.act) * up)
         return self.w_down(activation(self.w_up(x), self.act))
 
 
@@ -166,7 +193,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.moe = moe = cfg.moe
-        self.router = nn.Linear(cfg.d_model, moe.n_routed_experts, bias=False)
+        self.router = Linear(cfg.d_model, moe.n_routed_experts, bias=False)
         self.register_buffer("router_bias", torch.zeros(moe.n_routed_experts))  # e_score_correction_bias
         expert_cfg = replace(cfg, d_ff=moe.d_ff_expert, mlp_bias=False)
         self.experts = nn.ModuleList(MLP(expert_cfg) for _ in range(moe.n_routed_experts))
@@ -238,8 +265,9 @@ class Decoder(nn.Module):
                           if cfg.positions == "learned" else None)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._inv_freq: torch.Tensor | None = None
+        self.head_packed: PackedWeight | None = None  # the output matrix's quantized blocks, when the loader kept them
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -267,7 +295,10 @@ class Decoder(nn.Module):
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and head: residual stream [.., d_model] -> logits [.., vocab] in float32."""
-        return torch.nn.functional.linear(self.norm(h), self.head_weight).float()
+        x = self.norm(h)
+        if self.head_packed is not None and self.head_packed.usable_for(x):
+            return self.head_packed.matmul(x)
+        return torch.nn.functional.linear(x, self.head_weight).float()
 
     def forward(
         self,

@@ -2,13 +2,16 @@
 package, llama.cpp's Q/K row permutation undone (anchor: transformers' GGUF tensor table)."""
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig, UnsupportedModelError, unsupported
-from ..decoder import Decoder
+from .. import kernels
+from ..decoder import MLP, Attention, Decoder
+from ..quantized import PackedWeight
 from ..tokenizer import Tokenizer
 from .gguf_reader import GGUFFile, GGUFFormatError
 from .weights import Rule, Transform, check_sizes, load_weights, split3
@@ -75,5 +78,45 @@ def load_gguf(path: Path) -> tuple[Decoder, Tokenizer, str]:
     # numpy releases the GIL while dequantizing: the tensors decode in parallel
     with ThreadPoolExecutor() as pool:
         arrays = dict(zip(f.tensors, pool.map(f.dequantize, f.tensors)))
-    decoder = load_weights(cfg, list(arrays), lambda k: torch.from_numpy(arrays.pop(k)), gguf_rules(cfg))
+    rules = gguf_rules(cfg)
+    decoder = load_weights(cfg, list(arrays), lambda k: torch.from_numpy(arrays.pop(k)), rules)
+    keep_packed(decoder, f, rules)
     return decoder, tokenizer, name
+
+
+def keep_packed(decoder: Decoder, f: GGUFFile, rules: list[Rule]) -> None:
+    """Give each Linear whose weight was Q4_1 / Q8_0 in the file those blocks too, moved through the same rule
+    (decoding then reads them: see model/quantized.py). Nothing is kept where the kernels cannot be built."""
+    if kernels.extension() is None:
+        return
+    modules = dict(decoder.named_modules())
+    for name, info in f.tensors.items():
+        packed = PackedWeight.from_gguf(f.raw(name), info.qtype) if len(info.shape) == 2 else None
+        rule, match = next(((r, m) for r in rules if (m := re.fullmatch(r.source, name))), (None, None))
+        if packed is None or rule is None:
+            continue
+        parts = packed.rows_transformed(rule.transform) if rule.transform else [packed]
+        for target, part in zip(rule.targets, parts):
+            owner = match.expand(target).rsplit(".", 1)[0]
+            if owner == "lm_head" or (owner == "embed" and decoder.lm_head is None):
+                decoder.head_packed = part  # the output matrix (tied: the embedding, whose lookups stay dense)
+            elif owner != "embed":
+                modules[owner].packed = part
+    fuse_packed(decoder)
+
+
+def fuse_packed(decoder: Decoder) -> None:
+    """Stack the packed rows of linears that read the same input (q, k, v; gate, up) into one matrix, so a decoding
+    step makes one kernel call for them; each linear keeps a view of its own rows."""
+    groups = [(m, "qkv_packed", (m.wq, m.wk, m.wv)) for m in decoder.modules() if isinstance(m, Attention)]
+    groups += [(m, "gate_up_packed", (m.w_gate, m.w_up)) for m in decoder.modules() if isinstance(m, MLP) and m.gated]
+    for module, attr, linears in groups:
+        parts = [linear.packed for linear in linears]
+        if any(p is None for p in parts) or len({(p.kind, p.shape[1]) for p in parts}) > 1:
+            continue
+        fused = PackedWeight.stacked(parts)
+        setattr(module, attr, fused)
+        start = 0
+        for linear in linears:
+            linear.packed = fused.row_slice(start, start + linear.out_features)
+            start += linear.out_features

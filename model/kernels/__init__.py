@@ -1,0 +1,44 @@
+"""CPU kernels that compute straight from GGUF's block-quantized weights (blockquant.cpp), built once with the
+machine's C++ compiler through torch.utils.cpp_extension and cached in torch's extensions folder.
+
+Without a compiler, or with EXPLORER_KERNELS=0, everything still works: decoding then reads the float32 copy of
+the weights (about 5x the bytes for a Q4_1 model, so about half the speed). `python -m model.kernels` builds the
+extension ahead of time (`make setup` does) and prints what it uses."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+
+SOURCE = Path(__file__).with_name("blockquant.cpp")
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_error: str | None = None
+
+
+def enabled() -> bool:
+    return os.environ.get("EXPLORER_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def extension() -> ModuleType | None:
+    """The compiled kernels, building them on first use; None (and `error()` says why) where they cannot be."""
+    global _module, _error
+    if _module is not None or not enabled():
+        return _module
+    with _lock:
+        if _module is None and _error is None:
+            try:
+                from torch.utils.cpp_extension import load
+
+                _module = load("explorer_blockquant", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                               extra_ldflags=["-fopenmp"], verbose=False)
+            except Exception as e:  # no compiler, no ninja, a read-only cache...: fall back to float32 weights
+                lines = str(e).strip().splitlines() or [""]
+                _error = f"{type(e).__name__}: " + next((ln for ln in lines if "error:" in ln), lines[-1])
+    return _module
+
+
+def error() -> str | None:
+    return _error if enabled() else "disabled by EXPLORER_KERNELS=0"
+

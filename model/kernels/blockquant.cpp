@@ -1,0 +1,250 @@
+// Matrix products straight from GGUF's block-quantized weights, for decoding on the CPU.
+//
+// Decoding one token reads every weight once, so its speed is set by how many bytes the weights take. The embedded
+// model's weights are stored as Q4_1 (and Q8_0 for the embedding): 5 and 8.5 bits per weight instead of float32's
+// 32. These kernels read those blocks as stored and compute in float32 with the exact weight values a float32
+// dequantization gives (d * q + m, or d * q); only the order of the float additions differs from a dense matmul.
+//
+// Layouts (rows = output features, K = input features, a block = 32 consecutive inputs of one row):
+//   Q4_1: q [N, K/2] uint8, block b's 16 bytes hold element j in the low nibble and j + 16 in the high nibble;
+//         d, m [N, K/32] float32; weight = d * q + m.
+//   Q8_0: q [N, K] int8; d [N, K/32] float32; weight = d * q.
+// y[r, n] = sum_b d[n, b] * (q[n, b, :] . x[r, b, :])  (+ m[n, b] * sum(x[r, b, :]) for Q4_1)
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define EXPLORER_X86 1
+#endif
+
+namespace {
+
+constexpr int64_t BLOCK = 32;
+
+float q4_1_dot_scalar(const uint8_t* q, const float* d, const float* m, const float* x, const float* xsum,
+                      int64_t nb) {
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    float t = 0.f;
+    for (int j = 0; j < 16; ++j) {
+      t += float(q[b * 16 + j] & 0x0F) * x[b * BLOCK + j];
+      t += float(q[b * 16 + j] >> 4) * x[b * BLOCK + 16 + j];
+    }
+    acc += d[b] * t + m[b] * xsum[b];
+  }
+  return acc;
+}
+
+float q8_0_dot_scalar(const int8_t* q, const float* d, const float* x, int64_t nb) {
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    float t = 0.f;
+    for (int j = 0; j < BLOCK; ++j) t += float(q[b * BLOCK + j]) * x[b * BLOCK + j];
+    acc += d[b] * t;
+  }
+  return acc;
+}
+
+#ifdef EXPLORER_X86
+#define AVX512 __attribute__((target("avx512f,avx512bw")))
+// one block: the 32 products q * x, before the block's scale
+AVX512 inline __m512 q4_1_block_avx512(const uint8_t* q, const float* x) {
+  const __m128i low = _mm_set1_epi8(0x0F);
+  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, low)));
+  __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), low)));
+  return _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(x)));
+}
+
+AVX512 inline __m512 q8_0_block_avx512(const int8_t* q, const float* x) {
+  const __m128i* p = reinterpret_cast<const __m128i*>(q);
+  __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p)));
+  __m512 c = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1)));
+  return _mm512_fmadd_ps(c, _mm512_loadu_ps(x + 16), _mm512_mul_ps(a, _mm512_loadu_ps(x)));
+}
+
+// the minimums' part of a row, sum_b m[b] * xsum[b], 16 blocks at a time
+AVX512 inline __m512 q4_1_min_avx512(const float* m, const float* xsum, int64_t nb, __m512 acc) {
+  for (int64_t i = 0; i < nb; i += 16) {
+    const __mmask16 live = nb - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (nb - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(live, m + i), _mm512_maskz_loadu_ps(live, xsum + i), acc);
+  }
+  return acc;
+}
+
+AVX512 float q4_1_dot_avx512(const uint8_t* q, const float* d, const float* m, const float* x, const float* xsum,
+                             int64_t nb) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = q4_1_min_avx512(m, xsum, nb, _mm512_setzero_ps());
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {  // two chains, so consecutive blocks do not wait on each other's FMA
+    acc0 = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q4_1_block_avx512(q + b * 16, x + b * BLOCK), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_set1_ps(d[b + 1]), q4_1_block_avx512(q + (b + 1) * 16, x + (b + 1) * BLOCK), acc1);
+  }
+  if (b < nb) acc0 = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q4_1_block_avx512(q + b * 16, x + b * BLOCK), acc0);
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+AVX512 float q8_0_dot_avx512(const int8_t* q, const float* d, const float* x, int64_t nb) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    acc0 = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q8_0_block_avx512(q + b * BLOCK, x + b * BLOCK), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_set1_ps(d[b + 1]), q8_0_block_avx512(q + (b + 1) * BLOCK, x + (b + 1) * BLOCK), acc1);
+  }
+  if (b < nb) acc0 = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q8_0_block_avx512(q + b * BLOCK, x + b * BLOCK), acc0);
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+#define AVX2 __attribute__((target("avx2,fma")))
+AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+AVX2 float q4_1_dot_avx2(const uint8_t* q, const float* d, const float* m,
+                                                       const float* x, const float* xsum, int64_t nb) {
+  const __m128i low = _mm_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  float macc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * 16));
+    __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+    const float* xb = x + b * BLOCK;
+    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(xb));
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xb + 8), t);
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(xb + 16), t);
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xb + 24), t);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), t, acc);
+    macc += m[b] * xsum[b];
+  }
+  return hsum256(acc) + macc;
+}
+
+AVX2 float q8_0_dot_avx2(const int8_t* q, const float* d, const float* x, int64_t nb) {
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * BLOCK));
+    __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + b * BLOCK + 16));
+    const float* xb = x + b * BLOCK;
+    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a)), _mm256_loadu_ps(xb));
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8))), _mm256_loadu_ps(xb + 8), t);
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), _mm256_loadu_ps(xb + 16), t);
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))), _mm256_loadu_ps(xb + 24), t);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d[b]), t, acc);
+  }
+  return hsum256(acc);
+}
+#endif
+
+enum class Isa { scalar, avx2, avx512 };
+
+Isa detect() {
+#ifdef EXPLORER_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Isa::avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+#endif
+  return Isa::scalar;
+}
+
+const Isa ISA = detect();
+
+void check(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& d, int64_t q_cols) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous float32 [M, K] CPU tensor");
+  const int64_t n = q.size(0), k = x.size(1);
+  TORCH_CHECK(k % BLOCK == 0, "K must be a multiple of 32");
+  TORCH_CHECK(q.dim() == 2 && q.is_contiguous() && q.size(1) == q_cols, "packed weights have the wrong shape");
+  TORCH_CHECK(d.scalar_type() == torch::kFloat32 && d.is_contiguous() && d.dim() == 2 && d.size(0) == n &&
+                  d.size(1) == k / BLOCK,
+              "scales must be contiguous float32 [N, K/32]");
+}
+
+// rows of the weight per task: enough work to be worth a thread, small enough to split a 192-row matrix
+constexpr int64_t GRAIN = 32;
+constexpr int64_t PREFETCH_ROWS = 12;
+
+}  // namespace
+
+torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& d,
+                          const torch::Tensor& m) {
+  TORCH_CHECK(q.scalar_type() == torch::kUInt8, "Q4_1 weights must be uint8");
+  check(x, q, d, x.size(1) / 2);
+  TORCH_CHECK(m.sizes() == d.sizes() && m.scalar_type() == torch::kFloat32 && m.is_contiguous(), "bad minimums");
+  const int64_t rows = x.size(0), k = x.size(1), n = q.size(0), nb = k / BLOCK;
+  auto y = torch::empty({rows, n}, x.options());
+  std::vector<float> xsum(rows * nb);  // sum of x over each block, for the minimums' part
+  const float *px = x.data_ptr<float>(), *ps = xsum.data(), *pd = d.data_ptr<float>(), *pm = m.data_ptr<float>();
+  for (int64_t i = 0; i < rows * nb; ++i) {
+    float t = 0.f;
+    for (int64_t j = 0; j < BLOCK; ++j) t += px[i * BLOCK + j];
+    xsum[i] = t;
+  }
+  const uint8_t* pq = q.data_ptr<uint8_t>();
+  float* py = y.data_ptr<float>();
+  at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float *xr = px + r * k, *sr = ps + r * nb;
+      for (int64_t i = begin; i < end; ++i) {
+        const uint8_t* qi = pq + i * (k / 2);
+        const float *di = pd + i * nb, *mi = pm + i * nb;
+        for (int64_t off = 0; off < k / 2; off += 64) _mm_prefetch(reinterpret_cast<const char*>(qi + PREFETCH_ROWS * (k / 2) + off), _MM_HINT_T0);
+        for (int64_t off = 0; off < nb * 4; off += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(di + PREFETCH_ROWS * nb) + off, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(mi + PREFETCH_ROWS * nb) + off, _MM_HINT_T0);
+        }
+        float v;
+#ifdef EXPLORER_X86
+        if (ISA == Isa::avx512) v = q4_1_dot_avx512(qi, di, mi, xr, sr, nb);
+        else if (ISA == Isa::avx2) v = q4_1_dot_avx2(qi, di, mi, xr, sr, nb);
+        else
+#endif
+          v = q4_1_dot_scalar(qi, di, mi, xr, sr, nb);
+        py[r * n + i] = v;
+      }
+    }
+  });
+  return y;
+}
+
+torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& d) {
+  TORCH_CHECK(q.scalar_type() == torch::kInt8, "Q8_0 weights must be int8");
+  check(x, q, d, x.size(1));
+  const int64_t rows = x.size(0), k = x.size(1), n = q.size(0), nb = k / BLOCK;
+  auto y = torch::empty({rows, n}, x.options());
+  const float *px = x.data_ptr<float>(), *pd = d.data_ptr<float>();
+  const int8_t* pq = q.data_ptr<int8_t>();
+  float* py = y.data_ptr<float>();
+  at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = px + r * k;
+      for (int64_t i = begin; i < end; ++i) {
+        const int8_t* qi = pq + i * k;
+        const float* di = pd + i * nb;
+        float v;
+#ifdef EXPLORER_X86
+        if (ISA == Isa::avx512) v = q8_0_dot_avx512(qi, di, xr, nb);
+        else if (ISA == Isa::avx2) v = q8_0_dot_avx2(qi, di, xr, nb);
+        else
+#endif
+          v = q8_0_dot_scalar(qi, di, xr, nb);
+        py[r * n + i] = v;
+      }
+    }
+  });
+  return y;
+}
+
+std::string isa() { return ISA == Isa::avx512 ? "avx512" : ISA == Isa::avx2 ? "avx2" : "scalar"; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("q4_1_matmul", &q4_1_matmul, "x [M, K] float32 @ Q4_1 blocks [N, K] ^T -> [M, N]");
+  module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]");
+  module.def("isa", &isa, "the instruction set the kernels use on this CPU");
+}
