@@ -8,12 +8,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from .config import RopeConfig
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # the same math below, as one fused op
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:  # the same math as below, fused
+        if x.numel() <= 4 * x.shape[-1] and x.device.type == "cpu" and x.is_contiguous() \
+                and (ext := kernels.extension()) is not None:
+            return ext.rms_norm(x, weight, eps)  # a decoding step: torch's op costs more in dispatch than in math
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
     # the statistics in float32 whatever the compute dtype, then scale in the input dtype (as transformers)
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)

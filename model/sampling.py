@@ -8,6 +8,10 @@ from dataclasses import dataclass
 import torch
 
 
+# top-p without top-k first looks for its nucleus among this many most likely tokens
+TOP_P_CANDIDATES = 1024
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     temperature: float = 1.0
@@ -46,23 +50,40 @@ def sample(logits: torch.Tensor, settings: SamplerSettings, generator: torch.Gen
         kept[token] = True
         return Sample(token, probs, kept.float(), kept)
     scaled = logits / settings.temperature
-    sorted_logits, order = torch.sort(scaled, descending=True)
-    keep_sorted = torch.ones_like(sorted_logits, dtype=torch.bool)
-    if settings.top_k:
-        keep_sorted[settings.top_k :] = False
-    if settings.top_p < 1.0:
-        sorted_probs = torch.softmax(sorted_logits.masked_fill(~keep_sorted, float("-inf")), dim=-1)
-        # keep the smallest prefix whose mass reaches top_p: drop a token if the mass before it already does
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        keep_sorted &= mass_before < settings.top_p
-    keep_sorted[0] = True
-    kept = torch.empty_like(keep_sorted).scatter_(0, order, keep_sorted)
+    kept = torch.ones_like(scaled, dtype=torch.bool)
+    if settings.top_k or settings.top_p < 1.0:
+        # the candidates, most likely first: top-k needs only the k best; top-p alone the smallest prefix holding
+        # top_p of the mass, usually a few hundred tokens (a full sort of the vocabulary costs ~5 ms a token)
+        if settings.top_k:
+            sorted_logits, order = torch.topk(scaled, min(settings.top_k, scaled.shape[0]))
+            log_total = torch.logsumexp(sorted_logits, dim=-1)  # top-p then renormalises over the top-k
+        else:
+            log_total = torch.logsumexp(scaled, dim=-1)
+            sorted_logits, order = torch.topk(scaled, min(TOP_P_CANDIDATES, scaled.shape[0]))
+            if float(torch.exp(sorted_logits - log_total).sum()) < settings.top_p:
+                sorted_logits, order = torch.sort(scaled, descending=True)
+        keep_sorted = torch.ones_like(sorted_logits, dtype=torch.bool)
+        if settings.top_p < 1.0:
+            sorted_probs = torch.exp(sorted_logits - log_total)
+            # keep the smallest prefix whose mass reaches top_p: drop a token if the mass before it already does
+            mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+            keep_sorted &= mass_before < settings.top_p
+        keep_sorted[0] = True
+        kept = torch.zeros_like(kept).scatter_(0, order, keep_sorted)
     final = torch.softmax(scaled.masked_fill(~kept, float("-inf")), dim=-1)
-    token = int(torch.multinomial(final, 1, generator=generator))
-    return Sample(token, probs, final, kept)
+    return Sample(_draw(final, kept, generator), probs, final, kept)
+
+
+def _draw(final: torch.Tensor, kept: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token from `final` by inverting its cumulative distribution over the kept tokens (torch.multinomial
+    takes ~1.2 ms over a 49k vocabulary, as long as the rest of a decoding step's sampling together)."""
+    candidates = kept.nonzero().flatten()
+    cdf = torch.cumsum(final[candidates], dim=0)
+    u = torch.rand((), generator=generator) * cdf[-1]
+    i = min(int(torch.searchsorted(cdf, u, right=True)), candidates.shape[0] - 1)
+    return int(candidates[i])
 
 
 def entropy(probs: torch.Tensor) -> float:
     """Shannon entropy in nats."""
-    p = probs[probs > 0]
-    return float(-(p * p.log()).sum())
+    return float(torch.special.entr(probs).sum())  # -p log p, with 0 for p = 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -73,3 +74,33 @@ def test_invalid_settings_raise(kwargs):
 def test_entropy():
     assert entropy(torch.tensor([1.0, 0.0])) == 0
     assert entropy(torch.full((4,), 0.25)) == pytest.approx(math.log(4))
+
+
+def reference_kept(logits: torch.Tensor, s: SamplerSettings) -> torch.Tensor:
+    """The cuts computed the plain way: sort the whole vocabulary."""
+    scaled = logits / s.temperature
+    sorted_logits, order = torch.sort(scaled, descending=True)
+    keep = torch.ones_like(sorted_logits, dtype=torch.bool)
+    if s.top_k:
+        keep[s.top_k:] = False
+    if s.top_p < 1.0:
+        probs = torch.softmax(sorted_logits.masked_fill(~keep, float("-inf")), -1)
+        keep &= torch.cumsum(probs, -1) - probs < s.top_p
+    keep[0] = True
+    return torch.empty_like(keep).scatter_(0, order, keep)
+
+
+@pytest.mark.parametrize("scale", [8.0, 3.0, 0.05])  # peaked, typical, nearly flat (nucleus of ~45k tokens)
+@pytest.mark.parametrize("top_k,top_p", [(50, 0.95), (0, 0.9), (0, 0.5), (2000, 0.99), (0, 1.0)])
+def test_cuts_match_a_full_sort_on_a_real_vocabulary(scale, top_k, top_p):
+    logits = torch.randn(49152, generator=gen(7)) * scale
+    settings = SamplerSettings(temperature=0.8, top_k=top_k, top_p=top_p)
+    s = sample(logits, settings, gen())
+    reference = reference_kept(logits, settings)
+    # the two may differ only on a token whose mass before it equals top_p to float rounding
+    differ = (s.kept != reference).nonzero().flatten()
+    scaled = logits / settings.temperature
+    probs = torch.softmax(scaled.masked_fill(reference_kept(logits, replace(settings, top_p=1.0)) == 0, float("-inf")), -1)
+    for token in differ.tolist():
+        assert abs(float(probs[probs > probs[token]].sum()) - top_p) < 1e-5
+    assert len(differ) <= 1 and s.kept.sum() > 0 and s.kept[s.token_id]
