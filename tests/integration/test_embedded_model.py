@@ -70,7 +70,10 @@ def test_step_fields_describe_the_sampler(embedded_lm):
         assert 1 <= s.n_kept <= 5 and s.token_id in s.top_ids[:5]
         assert s.top_kept[: s.n_kept] == [True] * s.n_kept and not any(s.top_kept[s.n_kept:])
         assert abs(sum(s.top_sampled_probs) - 1) < 1e-5  # the kept tokens are all in the top 20
-        assert s.entropy > 0 and 0 < s.prob <= s.sampled_prob <= 1
+        assert s.entropy > 0 and 0 < s.prob <= 1
+        # the sampled distribution: the kept tokens' probabilities at temperature 0.8, renormalised
+        tempered = [p ** (1 / 0.8) for p in s.top_probs[: s.n_kept]]
+        assert s.sampled_prob == pytest.approx(tempered[s.top_ids.index(s.token_id)] / sum(tempered), rel=1e-4)
         assert s.kept_mass == pytest.approx(sum(s.top_probs[: s.n_kept]), rel=1e-4)
 
 
