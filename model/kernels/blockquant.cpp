@@ -154,7 +154,8 @@ Isa detect() {
   return Isa::scalar;
 }
 
-const Isa ISA = detect();
+const Isa BEST = detect();
+Isa ISA = BEST;  // tests step down to check every path on one machine (use_isa)
 
 void check(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& d, int64_t q_cols) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
@@ -271,9 +272,20 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
 
 std::string isa() { return ISA == Isa::avx512 ? "avx512" : ISA == Isa::avx2 ? "avx2" : "scalar"; }
 
+// Use a given instruction set ("avx512", "avx2", "scalar", or "best"), if this CPU has it; returns the one in use.
+std::string use_isa(const std::string& name) {
+  TORCH_CHECK(name == "avx512" || name == "avx2" || name == "scalar" || name == "best", "unknown instruction set ",
+              name);
+  Isa want = name == "avx512" ? Isa::avx512 : name == "avx2" ? Isa::avx2 : name == "scalar" ? Isa::scalar : BEST;
+  TORCH_CHECK(int(want) <= int(BEST), "this CPU does not support ", name);
+  ISA = want;
+  return isa();
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("q4_1_matmul", &q4_1_matmul, "x [M, K] float32 @ Q4_1 blocks [N, K] ^T -> [M, N]");
   module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]");
   module.def("rms_norm", &rms_norm, "RMSNorm of float32 rows [.., d] with weight [d]");
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
+  module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }
