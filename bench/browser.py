@@ -54,8 +54,10 @@ def browser_run(url: str, n: int, tab: str) -> dict:
         page.evaluate(WATCH)
         messages.clear(), chunks.clear()
         page.click("#generate")
-        while not page.inner_text("#status").startswith(("Done", "Stopped")):
-            time.sleep(0.05)
+        # wait inside the page, polling rarely: a loop of inner_text calls through Playwright's driver would take
+        # CPU from the server it measures
+        page.wait_for_function("() => /^(Done|Stopped)/.test(document.querySelector('#status').innerText)",
+                               polling=500, timeout=300_000)
         times = [t / 1000 for t in page.evaluate("() => window.__times")]
         status = page.inner_text("#status")
         browser.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
@@ -77,29 +77,89 @@ class ActiveGenerations:
         self._lock = threading.Lock()
         self.count = 0
 
-    @contextmanager
-    def running(self) -> Iterator[None]:
+    def enter(self) -> None:
         with self._lock:
             self.count += 1
-        try:
-            yield
-        finally:  # also when the generator is closed or collected after a cancel or a disconnect
-            with self._lock:
-                self.count -= 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.count -= 1
 
 
 ACTIVE = ActiveGenerations()
 
 
-def timed_steps(lm: LanguageModel, ids: list[int], request: GenerationRequest, limits: Limits,
-                record: bool = False) -> Iterator[Any]:
-    """The model's steps for one request, counted as active, ended at the server's time limit."""
-    with ACTIVE.running():
-        deadline = time.monotonic() + limits.time_limit_seconds
-        for step in lm.generate(ids, record=record, **request.generate_kwargs(len(ids), limits)):
-            yield step
-            if time.monotonic() > deadline:
-                return
+class Generation:
+    """One request's generation, run on a thread of the generation pool so the model never waits for the web
+    server: Gradio pauses a streaming handler while it sends each update, and on 2 cores those pauses and the
+    handler's thread hops halved the decoding rate. Readers follow the steps at their own pace."""
+
+    # as many threads as concurrent generations are allowed; reused, so each keeps its OpenMP team
+    _pool: ThreadPoolExecutor | None = None
+    _pool_lock = threading.Lock()
+
+    def __init__(self, lm: LanguageModel, ids: list[int], request: GenerationRequest, limits: Limits,
+                 record: bool = False, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.steps: list[Any] = []
+        self.error: BaseException | None = None
+        self.stopped = False
+        self._stop = threading.Event()
+        self._news = threading.Condition()
+        self._done = False
+        self._should_stop = should_stop
+        with Generation._pool_lock:
+            if Generation._pool is None:
+                Generation._pool = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generation")
+        ACTIVE.enter()  # counted from now, so /stats never misses a queued one
+        Generation._pool.submit(self._run, lm, ids, request, limits, record)
+
+    def _run(self, lm: LanguageModel, ids: list[int], request: GenerationRequest, limits: Limits,
+             record: bool) -> None:
+        try:
+            deadline = time.monotonic() + limits.time_limit_seconds
+            for step in lm.generate(ids, record=record, **request.generate_kwargs(len(ids), limits)):
+                if self._stop.is_set() or self._should_stop():
+                    self.stopped = True
+                    break
+                with self._news:
+                    self.steps.append(step)
+                    self._news.notify_all()
+                if time.monotonic() > deadline:
+                    break
+        except BaseException as e:  # handed to the reader, who raises it
+            self.error = e
+        finally:
+            ACTIVE.leave()
+            with self._news:
+                self._done = True
+                self._news.notify_all()
+
+    def stop(self) -> None:
+        """End at the next token (Stop, a closed tab, a cancelled request)."""
+        self._stop.set()
+
+    def follow(self, hz: float) -> Iterator[list[Any]]:
+        """The steps so far, each time there are new ones but at most hz times a second, until the end; a reader
+        that goes away (a closed generator) stops the generation."""
+        seen, next_time = 0, 0.0
+        try:
+            while True:
+                with self._news:
+                    self._news.wait_for(lambda: len(self.steps) > seen or self._done)
+                    done = self._done
+                delay = next_time - time.monotonic()
+                if delay > 0 and not done:
+                    time.sleep(delay)
+                n = len(self.steps)
+                if n > seen or done:
+                    seen, next_time = n, time.monotonic() + 1 / hz
+                    yield self.steps[:n]
+                if done:
+                    break
+        finally:
+            self.stop()
+        if self.error is not None:
+            raise self.error
 
 
 def _number(value: Any, name: str) -> float:
@@ -128,12 +188,14 @@ def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[di
                                             limits)
         ids = request.prompt_ids(lm, limits)
         text, tokens = "", []
-        for step in timed_steps(lm, ids, request, limits):
-            text += step.text
-            tokens.append(dict(id=step.token_id, text=step.text, prob=step.prob, entropy=step.entropy,
-                               top=[dict(id=i, text=lm.tokenizer.decode([i]), prob=p)
-                                    for i, p in zip(step.top_ids[:5], step.top_probs[:5])]))
-            yield dict(text=text, prompt_tokens=len(ids), tokens=tokens, finish_reason=step.finish_reason)
+        for steps in Generation(lm, ids, request, limits).follow(limits.text_hz):
+            for step in steps[len(tokens):]:
+                text += step.text
+                tokens.append(dict(id=step.token_id, text=step.text, prob=step.prob, entropy=step.entropy,
+                                   top=[dict(id=i, text=lm.tokenizer.decode([i]), prob=p)
+                                        for i, p in zip(step.top_ids[:5], step.top_probs[:5])]))
+            if steps:
+                yield dict(text=text, prompt_tokens=len(ids), tokens=tokens, finish_reason=steps[-1].finish_reason)
 
     return generate
 

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from explorer.session import Session
-from explorer.ui.api import GenerationRequest, api_generate, api_stats, timed_steps
+from explorer.ui.api import Generation, GenerationRequest, api_generate, api_stats
 from explorer.analysis import stage_values
 from explorer.ui.architecture_tab import ArchitectureTab
 from explorer.ui.attention_tab import AttentionTab
@@ -109,14 +109,13 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             s.start(ids, request.settings())
             yield {state: s, output: render_output(s), status: "Generating…", refresher: gr.Timer(active=True)}
             started = time.monotonic()
-            next_text = 0.0
-            for step in timed_steps(lm, ids, request, limits, record=True):
-                if s.stop_requested:
+            # the model runs on a thread of its own; the browser redraws at most text_hz times a second
+            generation = Generation(lm, ids, request, limits, record=True, should_stop=lambda: s.stop_requested)
+            for steps in generation.follow(limits.text_hz):
+                for step in steps[len(s.steps):]:
+                    s.add(step)
+                if generation.stopped or s.stop_requested:
                     break
-                s.add(step)
-                if time.monotonic() < next_text:
-                    continue  # the browser redraws at most text_hz times a second; tokens in between ride along
-                next_text = time.monotonic() + 1 / limits.text_hz
                 yield {output: render_output(s),
                        status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
             s.generating = False
