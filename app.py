@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing about users leaves the machine
 
@@ -19,18 +18,17 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--share", action="store_true", help="also serve through a public Gradio link (off by default)")
     args = ap.parse_args()
-    # The model loads in a worker thread while this one imports Gradio (about 2.5 s saved at start-up). Torch work
-    # stays off the main thread for good: once the main thread has run an OpenMP parallel region, libgomp makes
-    # every other thread's small matrix products about 2x slower (measured: 18 vs 32 tok/s decoding SmolLM2 on
-    # 2 cores), and Gradio runs handlers in worker threads.
-    with ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(_load, args.model, args.device, args.dtype)
-        from explorer.ui.blocks import build_app, css, head_html
-        from explorer.ui.common import Limits
+    # The model loads on the model thread (explorer/model_thread.py: the only thread that runs torch, because
+    # each extra OpenMP team halves decoding) while this one imports Gradio (about 2.5 s saved at start-up).
+    from explorer.model_thread import MODEL_THREAD
 
-        limits = Limits.from_env()
-        lm = loading.result()
-        app = pool.submit(build_app, lm, limits).result()
+    loading = MODEL_THREAD.submit(_load, args.model, args.device, args.dtype)
+    from explorer.ui.blocks import build_app, css, head_html
+    from explorer.ui.common import Limits
+
+    limits = Limits.from_env()
+    lm = loading.result()
+    app = MODEL_THREAD.run(build_app, lm, limits)
     app.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
     app.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), head=head_html(),
                theme="default", show_error=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import gradio as gr
 
+from explorer.model_thread import MODEL_THREAD
 from explorer.ui.common import Limits
 from model import LanguageModel
 
@@ -90,13 +90,9 @@ ACTIVE = ActiveGenerations()
 
 
 class Generation:
-    """One request's generation, run on a thread of the generation pool so the model never waits for the web
-    server: Gradio pauses a streaming handler while it sends each update, and on 2 cores those pauses and the
-    handler's thread hops halved the decoding rate. Readers follow the steps at their own pace."""
-
-    # as many threads as concurrent generations are allowed; reused, so each keeps its OpenMP team
-    _pool: ThreadPoolExecutor | None = None
-    _pool_lock = threading.Lock()
+    """One request's generation, advanced a token at a time on the model thread (explorer/model_thread.py), so
+    that the model never waits for the web server (Gradio pauses a streaming handler while it sends each update)
+    and concurrent generations take turns. Readers follow the steps at their own pace."""
 
     def __init__(self, lm: LanguageModel, ids: list[int], request: GenerationRequest, limits: Limits,
                  record: bool = False, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -107,32 +103,33 @@ class Generation:
         self._news = threading.Condition()
         self._done = False
         self._should_stop = should_stop
-        with Generation._pool_lock:
-            if Generation._pool is None:
-                Generation._pool = ThreadPoolExecutor(limits.max_concurrent, thread_name_prefix="generation")
-        ACTIVE.enter()  # counted from now, so /stats never misses a queued one
-        Generation._pool.submit(self._run, lm, ids, request, limits, record)
+        self._deadline = time.monotonic() + limits.time_limit_seconds
+        # a generator object: nothing runs until the model thread asks for the first token
+        self._tokens = lm.generate(ids, record=record, **request.generate_kwargs(len(ids), limits))
+        ACTIVE.enter()  # counted from now until the last token, so /stats never misses a queued one
+        MODEL_THREAD.submit(self._advance)
 
-    def _run(self, lm: LanguageModel, ids: list[int], request: GenerationRequest, limits: Limits,
-             record: bool) -> None:
+    def _advance(self) -> None:
+        """One token, then back of the model thread's queue for the next (other sessions and renders go between)."""
         try:
-            deadline = time.monotonic() + limits.time_limit_seconds
-            for step in lm.generate(ids, record=record, **request.generate_kwargs(len(ids), limits)):
-                if self._stop.is_set() or self._should_stop():
-                    self.stopped = True
-                    break
-                with self._news:
-                    self.steps.append(step)
-                    self._news.notify_all()
-                if time.monotonic() > deadline:
-                    break
+            if self._stop.is_set() or self._should_stop():
+                self.stopped = True
+            else:
+                step = next(self._tokens, None)
+                if step is not None:
+                    with self._news:
+                        self.steps.append(step)
+                        self._news.notify_all()
+                    if step.finish_reason is None and time.monotonic() <= self._deadline:
+                        MODEL_THREAD.submit(self._advance)
+                        return
         except BaseException as e:  # handed to the reader, who raises it
             self.error = e
-        finally:
-            ACTIVE.leave()
-            with self._news:
-                self._done = True
-                self._news.notify_all()
+        self._tokens.close()  # frees the KV cache and the recorder now, not at garbage collection
+        ACTIVE.leave()
+        with self._news:
+            self._done = True
+            self._news.notify_all()
 
     def stop(self) -> None:
         """End at the next token (Stop, a closed tab, a cancelled request)."""

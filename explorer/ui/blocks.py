@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from explorer.model_thread import MODEL_THREAD
 from explorer.session import Session
 from explorer.ui.api import Generation, GenerationRequest, api_generate, api_stats
 from explorer.analysis import stage_values
@@ -96,7 +97,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
 
         def render_tab(s: Session) -> dict:
             tab = tabs[s.active_tab]
-            return dict(zip(tab.outputs, tab.render(s)))
+            return dict(zip(tab.outputs, MODEL_THREAD.run(tab.render, s)))  # renders recompute with torch
 
         # While tokens stream, the plots of the open tab refresh on this timer, not in the generation's own updates:
         # Gradio handles every output of an event on every update (~1 ms for the text alone, ~25 ms once the 30
@@ -112,10 +113,10 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
             generation = Generation(lm, ids, request, limits, record=True, should_stop=lambda: s.stop_requested)
             for steps in generation.follow(limits.text_hz):
+                if s.stop_requested:
+                    break  # before adding: Stop has already shown the text as it was
                 for step in steps[len(s.steps):]:
                     s.add(step)
-                if generation.stopped or s.stop_requested:
-                    break
                 yield {output: render_output(s),
                        status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
             s.generating = False
@@ -171,7 +172,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             for control in getattr(tab, "controls", []):
                 def on_control(s: Session, *values, tab=tab) -> dict:
                     tab.set_controls(s, *values)
-                    return dict(zip(tab.outputs, tab.render(s)))
+                    return dict(zip(tab.outputs, MODEL_THREAD.run(tab.render, s)))
 
                 # always_last: a textbox typed into while a render runs still ends on what was typed
                 control.input(on_control, [state, *tab.controls], tab.outputs, api_visibility="private",

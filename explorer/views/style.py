@@ -19,10 +19,32 @@ DIVERGING = "RdBu"
 PROB_SCALE = "Viridis"
 
 
+_AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="",
+             automargin=True, title=dict(standoff=15))
+_SCENE_AXIS = dict(backgroundcolor="white", gridcolor="#DFE8F3", linecolor="#EBF0F8", showbackground=True, ticks="",
+                   zerolinecolor="#EBF0F8", gridwidth=2)
+_COLORBAR = dict(outlinewidth=0, ticks="")
+# plotly_white's look, restricted to the traces and axes these views use: the full template is 6.6 KB of JSON in
+# every figure, sent with every live refresh and merged by plotly.js on every redraw
+THEME = go.layout.Template(
+    layout=dict(
+        colorway=["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880", "#FF97FF",
+                  "#FECB52"],
+        font=dict(color="#2a3f5f"), hovermode="closest", hoverlabel=dict(align="left"), paper_bgcolor="white",
+        plot_bgcolor="white", coloraxis=dict(colorbar=_COLORBAR), xaxis=_AXIS, yaxis=_AXIS,
+        scene=dict(xaxis=_SCENE_AXIS, yaxis=_SCENE_AXIS, zaxis=_SCENE_AXIS),
+        shapedefaults=dict(line=dict(color="#2a3f5f")),
+        annotationdefaults=dict(arrowcolor="#2a3f5f", arrowhead=0, arrowwidth=1),
+    ),
+    data=dict(heatmap=[go.Heatmap(colorbar=_COLORBAR)], bar=[go.Bar(marker=dict(line=dict(color="white", width=0.5)))],
+              scattergl=[go.Scattergl(marker=dict(colorbar=_COLORBAR))]),
+)
+
+
 def layout(fig: go.Figure, title: str = "", height: int = 460, **kwargs) -> go.Figure:
     """Apply the house layout: light theme, readable fonts, explicit height, tight margins."""
     fig.update_layout(
-        template="plotly_white",
+        template=THEME,
         title=dict(text=title, x=0.01, font=dict(size=FONT_SIZE + 3)) if title else None,
         height=height,
         font=dict(family=FONT, size=FONT_SIZE),

@@ -283,8 +283,10 @@ std::string use_isa(const std::string& name) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("q4_1_matmul", &q4_1_matmul, "x [M, K] float32 @ Q4_1 blocks [N, K] ^T -> [M, N]");
-  module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]");
+  // the products release the GIL, like torch's own ops: the web server's threads run Python meanwhile
+  using release = py::call_guard<py::gil_scoped_release>;
+  module.def("q4_1_matmul", &q4_1_matmul, "x [M, K] float32 @ Q4_1 blocks [N, K] ^T -> [M, N]", release());
+  module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]", release());
   module.def("rms_norm", &rms_norm, "RMSNorm of float32 rows [.., d] with weight [d]");
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
