@@ -270,6 +270,31 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   return y;
 }
 
+// Rotate-half RoPE of a few positions, x [B, H, T, D] with cos, sin [T, D]: y = x * cos + rotate_half(x) * sin.
+// One loop instead of torch's seven small ops; a decoding step applies it to q and k of every layer.
+torch::Tensor rope(const torch::Tensor& x_, const torch::Tensor& cos, const torch::Tensor& sin) {
+  TORCH_CHECK(x_.device().is_cpu() && x_.scalar_type() == torch::kFloat32 && x_.dim() == 4, "x: float32 [B, H, T, D]");
+  auto x = x_.contiguous();
+  const int64_t t = x.size(2), d = x.size(3), h = d / 2, rows = x.numel() / (t * d);
+  TORCH_CHECK(d % 2 == 0 && cos.sizes() == sin.sizes() && cos.dim() == 2 && cos.size(0) == t && cos.size(1) == d &&
+                  cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 &&
+                  cos.is_contiguous() && sin.is_contiguous(),
+              "cos, sin: contiguous float32 [T, D]");
+  auto y = torch::empty_like(x);
+  const float *px = x.data_ptr<float>(), *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < t; ++j) {
+      const float *xi = px + (r * t + j) * d, *c = pc + j * d, *s = ps + j * d;
+      float* yi = py + (r * t + j) * d;
+      for (int64_t i = 0; i < h; ++i) {
+        yi[i] = xi[i] * c[i] + (-xi[i + h]) * s[i];
+        yi[i + h] = xi[i + h] * c[i + h] + xi[i] * s[i + h];
+      }
+    }
+  return y;
+}
+
 std::string isa() { return ISA == Isa::avx512 ? "avx512" : ISA == Isa::avx2 ? "avx2" : "scalar"; }
 
 // Use a given instruction set ("avx512", "avx2", "scalar", or "best"), if this CPU has it; returns the one in use.
@@ -288,6 +313,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("q4_1_matmul", &q4_1_matmul, "x [M, K] float32 @ Q4_1 blocks [N, K] ^T -> [M, N]", release());
   module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]", release());
   module.def("rms_norm", &rms_norm, "RMSNorm of float32 rows [.., d] with weight [d]");
+  module.def("rope", &rope, "rotate-half RoPE of float32 x [B, H, T, D] with cos, sin [T, D]");
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }

@@ -57,6 +57,16 @@ def test_rms_norm_kernel_matches_torch(ext):
     torch.testing.assert_close(ext.rms_norm(x, w, 1e-5), torch.nn.functional.rms_norm(x, (576,), w, 1e-5))
 
 
+def test_rope_kernel_matches_the_formula(ext):
+    from model.layers import rotate_half
+
+    x = torch.randn(1, 2, 9, 64).transpose(1, 2)  # [1, 9, 2, 64], a non-contiguous view as decoding passes
+    cos, sin = torch.randn(2, 64), torch.randn(2, 64)
+    torch.testing.assert_close(ext.rope(x, cos, sin), x * cos + rotate_half(x) * sin, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="cos, sin"):
+        ext.rope(x, cos[:1], sin[:1])
+
+
 def test_bad_arguments_are_refused_not_read_out_of_bounds(ext):
     raw, _ = quantized(8, 64, Q.Q4_1)
     p = PackedWeight.from_gguf(raw, Q.Q4_1)
