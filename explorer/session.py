@@ -26,6 +26,7 @@ class Session:
     moe_load_all: bool = False  # Experts tab: load histogram of every MoE layer instead of one
     generating: bool = False
     stop_requested: bool = False
+    next_refresh: float = 0.0  # monotonic time before which the live refresh of the open tab waits
     rendered_steps: int = 0  # steps the open tab last showed while streaming
     _full_trace: Trace | None = None
     _cache: dict[tuple, Any] = field(default_factory=dict)
@@ -34,7 +35,7 @@ class Session:
     def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
         self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
         self.selected, self.step_index, self._full_trace = None, None, None
-        self.generating, self.stop_requested, self.rendered_steps = True, False, 0
+        self.generating, self.stop_requested, self.rendered_steps, self.next_refresh = True, False, 0, 0.0
         self._cache.clear()
         self.extras.clear()
 

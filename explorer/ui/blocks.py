@@ -26,6 +26,7 @@ from model import LanguageModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLES = json.loads((ASSETS / "prompts.json").read_text())
+RENDER_SHARE = 8
 
 
 def head_html() -> str:
@@ -129,10 +130,15 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             yield {output: render_output(s), status: message, refresher: gr.Timer(active=False)}
 
         def on_tick(s: Session) -> dict:
-            if not s.generating or s.rendered_steps == len(s.steps):
+            if not s.generating or s.rendered_steps == len(s.steps) or time.monotonic() < s.next_refresh:
                 return {}
             s.rendered_steps = len(s.steps)
-            return render_tab(s)
+            start = time.monotonic()
+            update = render_tab(s)
+            # a render runs on the model thread, between tokens: a tab that takes long to draw refreshes less often,
+            # so that renders take at most about 1/RENDER_SHARE of it
+            s.next_refresh = start + RENDER_SHARE * (time.monotonic() - start)
+            return update
 
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
         everything = [state, output, status] + tab_outputs
