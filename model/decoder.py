@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from . import kernels
 from .cache import KVCache
 from .config import ModelConfig
 from .quantized import PackedWeight
@@ -234,6 +235,8 @@ class Block(nn.Module):
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None,
                 recorder: Recorder | None = None) -> torch.Tensor:
+        if cache is not None and h.shape[:2] == (1, 1) and self.one_call_step(h, rope):
+            return self.step(h, rope, cache)
         h = h + self.attn(self.attn_norm(h), positions, rope, cache)[0]
         if isinstance(self.mlp, MoE):
             record: dict | None = {} if recorder is not None else None
@@ -242,6 +245,29 @@ class Block(nn.Module):
                 recorder.routing(self.layer, record["experts"], record["expert_weights"])
             return h + out
         return h + self.mlp(self.mlp_norm(h))
+
+    def one_call_step(self, h: torch.Tensor, rope) -> bool:
+        """Whether one decoding step of this block can run as one compiled call (model/kernels: llama_block_step):
+        a Llama-style block (RMSNorm, RoPE, no biases, q/k norms or window, SwiGLU) whose matrices are all kept
+        as GGUF blocks, on float32 CPU tensors."""
+        attn, mlp = self.attn, self.mlp
+        return (rope is not None and h.dtype == torch.float32 and h.device.type == "cpu"
+                and isinstance(attn, Attention) and isinstance(mlp, MLP) and mlp.gated and mlp.act == "silu"
+                and attn.qkv_packed is not None and attn.wo.packed is not None and mlp.gate_up_packed is not None
+                and mlp.w_down.packed is not None and attn.q_norm is None and attn.window is None
+                and self.attn_norm.kind == self.mlp_norm.kind == "rms" and rope[0].dtype == torch.float32
+                and all(m.bias is None for m in (attn.wq, attn.wk, attn.wv, attn.wo, mlp.w_gate, mlp.w_up, mlp.w_down))
+                and kernels.extension() is not None)
+
+    def step(self, h: torch.Tensor, rope, cache: KVCache) -> torch.Tensor:
+        """The same as forward for one token at position cache.length, in one compiled call."""
+        attn, mlp = self.attn, self.mlp
+        like = h.new_empty(1, attn.n_kv_heads, 0, attn.d_head)
+        keys, values = cache.reserve(self.layer, cache.length + 1, like, like)
+        return kernels.extension().llama_block_step(
+            h, self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, attn.qkv_packed.for_kernels,
+            attn.wo.packed.for_kernels, mlp.gate_up_packed.for_kernels, mlp.w_down.packed.for_kernels,
+            attn.n_heads, attn.n_kv_heads, rope[0], rope[1], keys, values, cache.length, attn.scale)
 
     def internals(self, h: torch.Tensor, positions: torch.Tensor, rope, need_probs: bool = False) -> BlockInternals:
         """Recompute this block over a whole sequence h [B, T, d], keeping every intermediate."""

@@ -6,6 +6,7 @@ as in decoding one token, read the packed blocks instead: the same values, about
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import gguf
@@ -88,6 +89,11 @@ class PackedWeight:
         else:
             y = ext.q8_0_matmul(flat, self.q, self.scale)
         return y.view(*x.shape[:-1], y.shape[-1])
+
+    @cached_property
+    def for_kernels(self):
+        """This matrix as the compiled kernels take it (model/kernels: Packed)."""
+        return kernels.extension().Packed(self.kind, self.q, self.scale, self.minimum)
 
     def usable_for(self, x: torch.Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() <= MAX_PACKED_ROWS * x.shape[-1]

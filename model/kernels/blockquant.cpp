@@ -13,7 +13,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <cstdint>
 #include <vector>
 
@@ -295,6 +297,78 @@ torch::Tensor rope(const torch::Tensor& x_, const torch::Tensor& cos, const torc
   return y;
 }
 
+// A matrix kept as GGUF blocks: kind "q4_1" (q, d, m) or "q8_0" (q, d; m undefined).
+struct Packed {
+  std::string kind;
+  torch::Tensor q, d, m;
+  torch::Tensor operator()(const torch::Tensor& x) const {
+    return kind == "q4_1" ? q4_1_matmul(x, q, d, m) : q8_0_matmul(x, q, d);
+  }
+};
+
+// One token through one pre-norm Llama-style block (RMSNorm, fused q/k/v, rotate-half RoPE, grouped-query
+// attention over the cache, SwiGLU), the same math as decoder.Block.forward for a single position, in one call:
+// the Python version spends as long dispatching its ~40 small ops as the matrix products take. k and v are written
+// into the caches [1, Hkv, capacity, D] at position pos; attention reads positions 0..pos.
+torch::Tensor llama_block_step(const torch::Tensor& h, const torch::Tensor& attn_norm, const torch::Tensor& mlp_norm,
+                               double eps, const Packed& qkv, const Packed& wo, const Packed& gate_up,
+                               const Packed& down, int64_t n_heads, int64_t n_kv_heads, const torch::Tensor& cos,
+                               const torch::Tensor& sin, torch::Tensor& k_cache, torch::Tensor& v_cache, int64_t pos,
+                               double scale) {
+  const int64_t d = h.size(-1), hd = cos.size(-1), group = n_heads / n_kv_heads;
+  TORCH_CHECK(h.numel() == d && h.is_contiguous() && h.scalar_type() == torch::kFloat32, "h: one float32 token");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(0) == 1 && k_cache.size(1) == n_kv_heads && k_cache.size(3) == hd &&
+                  k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous() &&
+                  pos >= 0 && pos < k_cache.size(2),
+              "caches: contiguous [1, Hkv, capacity > pos, D]");
+  auto x = h.view({1, d});
+  auto qkv_out = qkv(rms_norm(x, attn_norm, eps));  // [1, (H + 2 Hkv) D]
+  TORCH_CHECK(qkv_out.size(1) == (n_heads + 2 * n_kv_heads) * hd, "q/k/v rows do not match the heads");
+  const float *pq = qkv_out.data_ptr<float>(), *pk = pq + n_heads * hd, *pv = pk + n_kv_heads * hd;
+  const float *c = cos.data_ptr<float>(), *s = sin.data_ptr<float>();
+  const int64_t half = hd / 2, cap = k_cache.size(2), n = pos + 1;
+  float *kc = k_cache.data_ptr<float>(), *vc = v_cache.data_ptr<float>();
+  auto rotate = [&](const float* in, float* out) {
+    for (int64_t i = 0; i < half; ++i) {
+      out[i] = in[i] * c[i] + (-in[i + half]) * s[i];
+      out[i + half] = in[i + half] * c[i + half] + in[i] * s[i + half];
+    }
+  };
+  for (int64_t g = 0; g < n_kv_heads; ++g) {
+    rotate(pk + g * hd, kc + (g * cap + pos) * hd);
+    std::copy(pv + g * hd, pv + (g + 1) * hd, vc + (g * cap + pos) * hd);
+  }
+  auto attn = torch::empty({1, n_heads * hd}, h.options());
+  float* pa = attn.data_ptr<float>();
+  std::vector<float> qr(hd), p(n);
+  for (int64_t head = 0; head < n_heads; ++head) {
+    rotate(pq + head * hd, qr.data());
+    const float *keys = kc + (head / group) * cap * hd, *values = vc + (head / group) * cap * hd;
+    float top = -INFINITY, total = 0.f;
+    for (int64_t j = 0; j < n; ++j) {
+      float dot = 0.f;
+      for (int64_t i = 0; i < hd; ++i) dot += qr[i] * keys[j * hd + i];
+      p[j] = dot * float(scale);
+      top = std::max(top, p[j]);
+    }
+    for (int64_t j = 0; j < n; ++j) total += (p[j] = std::exp(p[j] - top));
+    float* out = pa + head * hd;
+    std::fill(out, out + hd, 0.f);
+    for (int64_t j = 0; j < n; ++j) {
+      const float w = p[j] / total;
+      for (int64_t i = 0; i < hd; ++i) out[i] += w * values[j * hd + i];
+    }
+  }
+  auto mid = x + wo(attn);
+  auto gu = gate_up(rms_norm(mid, mlp_norm, eps));  // [1, 2 F]: gate then up
+  const int64_t f = gu.size(1) / 2;
+  auto act = torch::empty({1, f}, h.options());
+  const float* pg = gu.data_ptr<float>();
+  float* pact = act.data_ptr<float>();
+  for (int64_t i = 0; i < f; ++i) pact[i] = pg[i] / (1.f + std::exp(-pg[i])) * pg[f + i];  // silu(gate) * up
+  return (mid + down(act)).view(h.sizes());
+}
+
 std::string isa() { return ISA == Isa::avx512 ? "avx512" : ISA == Isa::avx2 ? "avx2" : "scalar"; }
 
 // Use a given instruction set ("avx512", "avx2", "scalar", or "best"), if this CPU has it; returns the one in use.
@@ -314,6 +388,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]", release());
   module.def("rms_norm", &rms_norm, "RMSNorm of float32 rows [.., d] with weight [d]");
   module.def("rope", &rope, "rotate-half RoPE of float32 x [B, H, T, D] with cos, sin [T, D]");
+  py::class_<Packed>(module, "Packed")
+      .def(py::init([](std::string kind, torch::Tensor q, torch::Tensor d, std::optional<torch::Tensor> m) {
+        return Packed{kind, q, d, m ? *m : torch::Tensor()};
+      }));
+  module.def("llama_block_step", &llama_block_step, "one token through a Llama-style block", release());
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }

@@ -98,3 +98,29 @@ def test_kernel_decoding_equals_dense_decoding(embedded_lm, monkeypatch):
     for a, b in zip(fast, dense):
         assert a.top_ids == b.top_ids
         assert a.top_probs == pytest.approx(b.top_probs, abs=1e-5)
+
+
+def test_one_call_block_step_equals_the_python_block(embedded_lm):
+    from model.cache import KVCache
+
+    decoder = embedded_lm.decoder
+    ids = torch.tensor([embedded_lm.tokenizer.encode("The quick brown fox jumps over the")])
+    t = ids.shape[1]
+    with torch.inference_mode():
+        h = decoder.embed_tokens(ids, torch.arange(t))
+        rope = decoder.rope(torch.arange(t), h.dtype)
+        first, last = (rope[0][:-1], rope[1][:-1]), (rope[0][-1:], rope[1][-1:])
+        for block in decoder.blocks:
+            assert block.one_call_step(h[:, -1:], last)
+            # the first t-1 tokens fill both caches the Python way; the last token goes through each path
+            fast, slow = KVCache(len(decoder.blocks), 16), KVCache(len(decoder.blocks), 16)
+            for cache in (fast, slow):
+                block(h[:, :-1], torch.arange(t - 1), first, cache)
+                cache.advance(t - 1)
+            one_call = block.step(h[:, -1:], last, fast)
+            mid = h[:, -1:] + block.attn(block.attn_norm(h[:, -1:]), torch.tensor([t - 1]), last, slow)[0]
+            python = mid + block.mlp(block.mlp_norm(mid))
+            torch.testing.assert_close(one_call, python, rtol=1e-4, atol=1e-4)
+            keys = lambda c: c.layers[block.layer][0][:, :, :t]  # the new key went into the cache, rotated
+            torch.testing.assert_close(keys(fast), keys(slow), rtol=1e-5, atol=1e-5)
+            h = block(h, torch.arange(t), rope, None)
