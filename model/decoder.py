@@ -298,6 +298,11 @@ class Decoder(nn.Module):
         self._inv_freq: torch.Tensor | None = None
         self.head_packed: PackedWeight | None = None  # the output matrix's quantized blocks, when the loader kept them
 
+    def packed_weights(self) -> list[PackedWeight]:
+        """The matrices kept as the checkpoint's quantized blocks (see model/quantized.py); empty for other sources."""
+        linears = [m.packed for m in self.modules() if isinstance(m, Linear) and m.packed is not None]
+        return linears + ([self.head_packed] if self.head_packed is not None else [])
+
     @property
     def head_weight(self) -> torch.Tensor:
         return self.embed.weight if self.lm_head is None else self.lm_head.weight

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +37,8 @@ def extension() -> ModuleType | None:
             except Exception as e:  # no compiler, no ninja, a read-only cache...: fall back to float32 weights
                 lines = str(e).strip().splitlines() or [""]
                 _error = f"{type(e).__name__}: " + next((ln for ln in lines if "error:" in ln), lines[-1])
+                warnings.warn(f"the block-quantized kernels could not be built ({_error}); decoding reads the "
+                              "float32 weights instead (about half the speed)", RuntimeWarning, stacklevel=2)
     return _module
 
 

@@ -124,3 +124,25 @@ def test_one_call_block_step_equals_the_python_block(embedded_lm):
             keys = lambda c: c.layers[block.layer][0][:, :, :t]  # the new key went into the cache, rotated
             torch.testing.assert_close(keys(fast), keys(slow), rtol=1e-5, atol=1e-5)
             h = block(h, torch.arange(t), rope, None)
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension\nblockquant.cpp:1: error: c++: command not found")
+
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_error", None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning, match="float32 weights"):
+        assert kernels.extension() is None
+    assert "command not found" in kernels.error()
+    raw, dense = quantized(4, 64, Q.Q4_1)
+    assert not PackedWeight.from_gguf(raw, Q.Q4_1).usable_for(torch.randn(1, 64))
+
+
+def test_model_summary_says_where_decoding_reads_from(embedded_lm):
+    from explorer.ui.common import model_summary
+
+    assert "decoding from the file's Q4_1/Q8_0 blocks" in model_summary(embedded_lm)
