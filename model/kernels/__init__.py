@@ -32,6 +32,8 @@ def extension() -> ModuleType | None:
             try:
                 from torch.utils.cpp_extension import load
 
+                _put_ninja_on_path()
+
                 _module = load("explorer_blockquant", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
                                extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as e:  # no compiler, no ninja, a read-only cache...: fall back to float32 weights
@@ -40,6 +42,17 @@ def extension() -> ModuleType | None:
                 warnings.warn(f"the block-quantized kernels could not be built ({_error}); decoding reads the "
                               "float32 weights instead (about half the speed)", RuntimeWarning, stacklevel=2)
     return _module
+
+
+def _put_ninja_on_path() -> None:
+    """torch runs `ninja` from PATH; the pip package (requirements.txt) installs it next to this Python, which is
+    not on PATH when the venv is not activated (as in `make`)."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
 def error() -> str | None:
