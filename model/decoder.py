@@ -260,7 +260,7 @@ class Block(nn.Module):
                 and self.attn_norm.kind == self.mlp_norm.kind == "rms"
                 and all(m.bias is None for m in (attn.wq, attn.wk, attn.wv, attn.wo, mlp.w_gate, mlp.w_up, mlp.w_down)))
         return (self._llama_blocks and rope is not None and h.dtype == rope[0].dtype == torch.float32
-                and h.device.type == "cpu" and kernels.extension() is not None)
+                and h.device.type == "cpu" and kernels.loaded() is not None)
 
     def step(self, h: torch.Tensor, rope, cache: KVCache) -> torch.Tensor:
         """The same as forward for one token at position cache.length, in one compiled call."""

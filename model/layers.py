@@ -15,7 +15,7 @@ from .config import RopeConfig
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype == torch.float32 and weight.dtype == torch.float32:  # the same math as below, fused
         if x.numel() <= 4 * x.shape[-1] and x.device.type == "cpu" and x.is_contiguous() \
-                and (ext := kernels.extension()) is not None:
+                and (ext := kernels.loaded()) is not None:
             return ext.rms_norm(x, weight, eps)  # a decoding step: torch's op costs more in dispatch than in math
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
     # the statistics in float32 whatever the compute dtype, then scale in the input dtype (as transformers)
@@ -102,7 +102,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B, H, T, d_rot]; cos/sin [T, d_rot]."""
     if x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] <= 4 and x.device.type == "cpu" \
-            and (ext := kernels.extension()) is not None:
+            and (ext := kernels.loaded()) is not None:
         return ext.rope(x, cos, sin)  # a decoding step: the same sum in one call instead of seven small ops
     return x * cos + rotate_half(x) * sin
 

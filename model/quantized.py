@@ -97,4 +97,4 @@ class PackedWeight:
 
     def usable_for(self, x: torch.Tensor) -> bool:
         return (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() <= MAX_PACKED_ROWS * x.shape[-1]
-                and kernels.extension() is not None)
+                and kernels.loaded() is not None)

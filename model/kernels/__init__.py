@@ -44,6 +44,12 @@ def extension() -> ModuleType | None:
     return _module
 
 
+def loaded() -> ModuleType | None:
+    """The kernels if something already needed them (a GGUF load builds them), without building them: checks on the
+    hot path use this, so a model from safetensors never waits for a compiler."""
+    return _module
+
+
 def _put_ninja_on_path() -> None:
     """torch runs `ninja` from PATH; the pip package (requirements.txt) installs it next to this Python, which is
     not on PATH when the venv is not activated (as in `make`)."""

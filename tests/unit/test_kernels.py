@@ -92,7 +92,7 @@ def test_kernel_decoding_equals_dense_decoding(embedded_lm, monkeypatch):
     run = lambda: list(embedded_lm.generate("The capital of France is", max_new_tokens=12, greedy=True, top_n=5,
                                             stop_at_eos=False))
     fast = run()
-    monkeypatch.setattr(kernels, "extension", lambda: None)  # every product through the float32 weights
+    monkeypatch.setattr(kernels, "loaded", lambda: None)  # every product through the float32 weights
     dense = run()
     assert [s.token_id for s in fast] == [s.token_id for s in dense]
     for a, b in zip(fast, dense):
@@ -146,3 +146,13 @@ def test_model_summary_says_where_decoding_reads_from(embedded_lm):
     from explorer.ui.common import model_summary
 
     assert "decoding from the file's Q4_1/Q8_0 blocks" in model_summary(embedded_lm)
+
+
+def test_models_without_blocks_never_build_the_kernels(monkeypatch):
+    from model import load_model
+
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "extension", lambda: pytest.fail("a model without GGUF blocks built the kernels"))
+    lm = load_model("random:deepseek-v3-mini")
+    assert not lm.decoder.packed_weights()
+    assert len(list(lm.generate("Hi", max_new_tokens=3, greedy=True, record=True))) == 3
