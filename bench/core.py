@@ -112,7 +112,8 @@ def main() -> None:
     print(f"{'memory read bandwidth (GB/s)':42} {bandwidth / 1e9:10.1f}")
     print(f"{'bandwidth bound (tok/s)':42} {bound:10.1f} {hf_bound:13.1f}")
     print(f"{'decode with recording / own bound':42} {rows[0][1] / bound:10.0%} {rows[0][2] / hf_bound:13.0%}")
-    print(f"{'kernels':42} {kernels.extension().isa() if kernels.extension() else 'none: ' + str(kernels.error()):>10}")
+    ext = kernels.loaded()
+    print(f"{'kernels':42} {ext.isa() if ext else 'none: ' + str(kernels.error()):>10}")
     print(f"{'peak process memory (MiB)':42} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:10.0f}  "
           "(this process holds both models)")
     print(f"{'cold load, new process (s)':42} {cold_load(args.repeats):10.2f}")

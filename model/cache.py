@@ -13,7 +13,8 @@ class KVCache:
         self.capacity = initial_capacity
         self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layers
 
-    def reserve(self, layer: int, end: int, like_k: torch.Tensor, like_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def reserve(self, layer: int, end: int, like_k: torch.Tensor,
+                like_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """layer's key and value buffers [B, Hkv, capacity, D] (shaped like like_k / like_v but for the length),
         with room for end positions: grown by doubling, keeping the first `length` positions."""
         stored = self.layers[layer]

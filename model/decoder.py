@@ -232,7 +232,7 @@ class Block(nn.Module):
         self.attn = LatentAttention(cfg, layer) if cfg.mla is not None else Attention(cfg, layer)
         self.mlp_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
-        self._llama_blocks: bool | None = None  # whether one_call_step's structure holds (decided on first use)
+        self._one_call: bool | None = None  # one_call_step's structural part, decided on first use
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None,
                 recorder: Recorder | None = None) -> torch.Tensor:
@@ -251,15 +251,15 @@ class Block(nn.Module):
         """Whether one decoding step of this block can run as one compiled call (model/kernels: llama_block_step):
         a Llama-style block (RMSNorm, RoPE, no biases, q/k norms or window, SwiGLU) whose matrices are all kept
         as GGUF blocks, on float32 CPU tensors."""
-        if self._llama_blocks is None:  # the structure does not change after loading: checked once
+        if self._one_call is None:  # the structure does not change after loading: checked once
             attn, mlp = self.attn, self.mlp
-            self._llama_blocks = (
+            self._one_call = (
                 isinstance(attn, Attention) and isinstance(mlp, MLP) and mlp.gated and mlp.act == "silu"
                 and attn.qkv_packed is not None and attn.wo.packed is not None and mlp.gate_up_packed is not None
                 and mlp.w_down.packed is not None and attn.q_norm is None and attn.window is None
                 and self.attn_norm.kind == self.mlp_norm.kind == "rms"
                 and all(m.bias is None for m in (attn.wq, attn.wk, attn.wv, attn.wo, mlp.w_gate, mlp.w_up, mlp.w_down)))
-        return (self._llama_blocks and rope is not None and h.dtype == rope[0].dtype == torch.float32
+        return (self._one_call and rope is not None and h.dtype == rope[0].dtype == torch.float32
                 and h.device.type == "cpu" and kernels.loaded() is not None)
 
     def step(self, h: torch.Tensor, rope, cache: KVCache) -> torch.Tensor:

@@ -155,7 +155,8 @@ class LanguageModel:
                 prob=float(s.probs[token]), sampled_prob=float(s.final_probs[token]), entropy=entropy(s.probs),
                 top_ids=top_ids.tolist(), top_probs=top_probs.tolist(),
                 top_sampled_probs=s.final_probs[top_ids].tolist(), top_kept=s.kept[top_ids].tolist(),
-                n_kept=int(s.kept.sum()), kept_mass=float(torch.dot(s.probs, s.kept.to(s.probs.dtype))), finish_reason=finish,
+                n_kept=int(s.kept.sum()), kept_mass=float(torch.dot(s.probs, s.kept.to(s.probs.dtype))),
+                finish_reason=finish,
                 trace=recorder.trace() if recorder is not None else None,
             )
             if finish:

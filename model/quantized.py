@@ -82,12 +82,7 @@ class PackedWeight:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., K] float32 -> x @ W.T [..., N]."""
-        ext = kernels.extension()
-        flat = x.reshape(-1, x.shape[-1]).contiguous()
-        if self.kind == "q4_1":
-            y = ext.q4_1_matmul(flat, self.q, self.scale, self.minimum)
-        else:
-            y = ext.q8_0_matmul(flat, self.q, self.scale)
+        y = self.for_kernels(x.reshape(-1, x.shape[-1]).contiguous())
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @cached_property

@@ -272,6 +272,14 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
   return y;
 }
 
+// One head's rotate-half RoPE at one position: out = x * cos + rotate_half(x) * sin, d = 2 * half values.
+inline void rope_row(const float* x, const float* c, const float* s, int64_t half, float* out) {
+  for (int64_t i = 0; i < half; ++i) {
+    out[i] = x[i] * c[i] + (-x[i + half]) * s[i];
+    out[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
+  }
+}
+
 // Rotate-half RoPE of a few positions, x [B, H, T, D] with cos, sin [T, D]: y = x * cos + rotate_half(x) * sin.
 // One loop instead of torch's seven small ops; a decoding step applies it to q and k of every layer.
 torch::Tensor rope(const torch::Tensor& x_, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -286,14 +294,7 @@ torch::Tensor rope(const torch::Tensor& x_, const torch::Tensor& cos, const torc
   const float *px = x.data_ptr<float>(), *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
   float* py = y.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < t; ++j) {
-      const float *xi = px + (r * t + j) * d, *c = pc + j * d, *s = ps + j * d;
-      float* yi = py + (r * t + j) * d;
-      for (int64_t i = 0; i < h; ++i) {
-        yi[i] = xi[i] * c[i] + (-xi[i + h]) * s[i];
-        yi[i + h] = xi[i + h] * c[i + h] + xi[i] * s[i + h];
-      }
-    }
+    for (int64_t j = 0; j < t; ++j) rope_row(px + (r * t + j) * d, pc + j * d, ps + j * d, h, py + (r * t + j) * d);
   return y;
 }
 
@@ -328,21 +329,15 @@ torch::Tensor llama_block_step(const torch::Tensor& h, const torch::Tensor& attn
   const float *c = cos.data_ptr<float>(), *s = sin.data_ptr<float>();
   const int64_t half = hd / 2, cap = k_cache.size(2), n = pos + 1;
   float *kc = k_cache.data_ptr<float>(), *vc = v_cache.data_ptr<float>();
-  auto rotate = [&](const float* in, float* out) {
-    for (int64_t i = 0; i < half; ++i) {
-      out[i] = in[i] * c[i] + (-in[i + half]) * s[i];
-      out[i + half] = in[i + half] * c[i + half] + in[i] * s[i + half];
-    }
-  };
   for (int64_t g = 0; g < n_kv_heads; ++g) {
-    rotate(pk + g * hd, kc + (g * cap + pos) * hd);
+    rope_row(pk + g * hd, c, s, half, kc + (g * cap + pos) * hd);
     std::copy(pv + g * hd, pv + (g + 1) * hd, vc + (g * cap + pos) * hd);
   }
   auto attn = torch::empty({1, n_heads * hd}, h.options());
   float* pa = attn.data_ptr<float>();
   std::vector<float> qr(hd), p(n);
   for (int64_t head = 0; head < n_heads; ++head) {
-    rotate(pq + head * hd, qr.data());
+    rope_row(pq + head * hd, c, s, half, qr.data());
     const float *keys = kc + (head / group) * cap * hd, *values = vc + (head / group) * cap * hd;
     float top = -INFINITY, total = 0.f;
     for (int64_t j = 0; j < n; ++j) {
@@ -390,8 +385,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("rope", &rope, "rotate-half RoPE of float32 x [B, H, T, D] with cos, sin [T, D]");
   py::class_<Packed>(module, "Packed")
       .def(py::init([](std::string kind, torch::Tensor q, torch::Tensor d, std::optional<torch::Tensor> m) {
+        TORCH_CHECK(kind == "q4_1" || kind == "q8_0", "unknown block kind ", kind);
         return Packed{kind, q, d, m ? *m : torch::Tensor()};
-      }));
+      }))
+      .def("__call__", &Packed::operator(), "x [M, K] float32 -> x @ W^T [M, N]", release());
   module.def("llama_block_step", &llama_block_step, "one token through a Llama-style block", release());
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");

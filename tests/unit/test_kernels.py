@@ -74,6 +74,8 @@ def test_bad_arguments_are_refused_not_read_out_of_bounds(ext):
         ext.q4_1_matmul(torch.randn(1, 48), p.q, p.scale, p.minimum)
     with pytest.raises(RuntimeError, match="float32"):
         ext.q4_1_matmul(torch.randn(1, 64, dtype=torch.float64), p.q, p.scale, p.minimum)
+    with pytest.raises(RuntimeError, match="unknown block kind"):
+        ext.Packed("q5_k", p.q, p.scale, p.minimum)
 
 
 def test_embedded_model_decodes_from_its_gguf_blocks(embedded_lm, ext):
