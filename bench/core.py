@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from model import kernels, load_model
+from model.fast import packed_matrices
 from model.loading.embedded import embedded_gguf_path
 
 PROMPT = "The history of the printing press begins in"
@@ -36,19 +37,16 @@ def read_bandwidth(size: int = 512 * 2**20, repeats: int = 5) -> float:
 
 
 def decode_bytes(lm) -> int:
-    """Bytes of weights one decoded token reads: the quantized blocks where the kernels read them, float32 for the
-    rest (norms; every weight when the kernels are off); of the embedding only the token's row."""
+    """Bytes of weights one decoded token reads: the quantized blocks where the fast path reads them, float32 for the
+    rest (norms; every weight without the fast path); of the embedding only the token's row."""
     d = lm.decoder
-    total = 0
-    for name, module in d.named_modules():
-        for pname, p in module.named_parameters(recurse=False):
-            if module is d.embed or module is d.lm_head:
-                continue
-            packed = getattr(module, "packed", None) if pname == "weight" else None
-            total += packed.nbytes if packed is not None else p.numel() * p.element_size()
-    head = d.head_packed.nbytes if d.head_packed is not None else d.head_weight.numel() * d.head_weight.element_size()
+    packed = packed_matrices(d)
+    total = sum(packed[name].nbytes if name in packed else p.numel() * p.element_size()
+                for name, p in d.named_parameters(remove_duplicate=False) if name != "embed.weight")
+    if d.lm_head is None:  # tied and read as float32
+        total += d.embed.weight.numel() * d.embed.weight.element_size()
     row = d.embed.weight[0]
-    return total + head + row.numel() * row.element_size()
+    return total + row.numel() * row.element_size()
 
 
 def cold_load(repeats: int) -> float:
@@ -112,8 +110,7 @@ def main() -> None:
     print(f"{'memory read bandwidth (GB/s)':42} {bandwidth / 1e9:10.1f}")
     print(f"{'bandwidth bound (tok/s)':42} {bound:10.1f} {hf_bound:13.1f}")
     print(f"{'decode with recording / own bound':42} {rows[0][1] / bound:10.0%} {rows[0][2] / hf_bound:13.0%}")
-    ext = kernels.loaded()
-    print(f"{'kernels':42} {ext.isa() if ext else 'none: ' + str(kernels.error()):>10}")
+    print(f"{'fast paths':42} {'; '.join(lm.fast_paths) or 'none: ' + str(kernels.error())}")
     print(f"{'peak process memory (MiB)':42} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:10.0f}  "
           "(this process holds both models)")
     print(f"{'cold load, new process (s)':42} {cold_load(args.repeats):10.2f}")

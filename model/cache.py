@@ -42,10 +42,3 @@ class KVCache:
     def advance(self, n: int) -> None:
         """Called by the decoder once every layer has written its n new positions."""
         self.length += n
-
-    def truncate(self, length: int) -> None:
-        self.length = min(self.length, length)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for pair in self.layers if pair for t in pair)

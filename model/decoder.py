@@ -9,12 +9,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from . import kernels
 from .cache import KVCache
 from .config import ModelConfig
-from .quantized import PackedWeight
 from .layers import (activation, apply_rope, attention, layer_norm, rms_norm, rope_attention_factor, rope_cos_sin,
-                     rope_inv_freq, route_experts, yarn_mscale)
+                     rope_inv_freq, route_experts, yarn_softmax_scale)
 
 
 class Recorder(Protocol):
@@ -42,28 +40,6 @@ class BlockInternals:
     shared_out: torch.Tensor | None = None  # MoE: [B, T, d] the shared experts' part of mlp_out
 
 
-class Linear(nn.Linear):
-    """nn.Linear that, where the loader kept the checkpoint's quantized blocks (`packed`), multiplies a few rows
-    (decoding) straight from them: the same weight values, a fraction of the bytes read."""
-
-    packed: PackedWeight | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and self.packed.usable_for(x):
-            y = self.packed.matmul(x)
-            return y if self.bias is None else y + self.bias
-        return super().forward(x)
-
-
-def project(x: torch.Tensor, linears: tuple[Linear, ...], fused: PackedWeight | None) -> list[torch.Tensor]:
-    """x through several Linears that read the same input; with `fused` (their packed rows stacked, see
-    fuse_packed) a decoding step reads them in one pass."""
-    if fused is None or not fused.usable_for(x):
-        return [linear(x) for linear in linears]
-    outs = fused.matmul(x).split([linear.out_features for linear in linears], dim=-1)
-    return [y if linear.bias is None else y + linear.bias for y, linear in zip(outs, linears)]
-
-
 class Norm(nn.Module):
     def __init__(self, dim: int, kind: str, eps: float) -> None:
         super().__init__()
@@ -83,13 +59,12 @@ class Attention(nn.Module):
         self.layer, self.n_heads, self.n_kv_heads, self.d_head = layer, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         self.window = cfg.window(layer)
         self.scale = 1.0 / math.sqrt(cfg.d_head)
-        self.wq = Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=cfg.qkv_bias)
-        self.wk = Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
-        self.wv = Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
-        self.wo = Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=cfg.out_bias)
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.d_head, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.n_heads * cfg.d_head, cfg.d_model, bias=cfg.out_bias)
         self.q_norm = Norm(cfg.d_head, "rms", cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = Norm(cfg.d_head, "rms", cfg.norm_eps) if cfg.qk_norm else None
-        self.qkv_packed: PackedWeight | None = None
 
     def forward(
         self,
@@ -100,18 +75,18 @@ class Attention(nn.Module):
         need_probs: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, _ = x.shape
-        q, k, v = project(x, (self.wq, self.wk, self.wv), self.qkv_packed)
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
         q = q.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        k = k.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)  # [B, Hkv, T, D]
+        v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)  # [B, Hkv, T, D]
         if self.q_norm is not None:  # Qwen3: RMSNorm per head, before the rotation
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)
-        out, probs = attention(q, k, v, positions, self.scale, self.window, need_probs)
-        return self.wo(out.transpose(1, 2).reshape(b, t, -1)), probs
+            k, v = cache.update(self.layer, k, v)  # [B, Hkv, past + T, D]
+        out, probs = attention(q, k, v, positions, self.scale, self.window, need_probs)  # [B, H, T, D]
+        return self.wo(out.transpose(1, 2).reshape(b, t, -1)), probs  # heads concatenated, then mixed by wo
 
 
 # DeepSeek's latent norms use RMSNorm's default epsilon, not the config's (as in its reference code)
@@ -127,19 +102,16 @@ class LatentAttention(nn.Module):
         mla = cfg.mla
         self.layer, self.n_heads, self.mla = layer, cfg.n_heads, mla
         if mla.q_lora_rank:
-            self.wq_a = Linear(cfg.d_model, mla.q_lora_rank, bias=cfg.qkv_bias)
+            self.wq_a = nn.Linear(cfg.d_model, mla.q_lora_rank, bias=cfg.qkv_bias)
             self.q_a_norm = Norm(mla.q_lora_rank, "rms", LATENT_NORM_EPS)
-            self.wq_b = Linear(mla.q_lora_rank, cfg.n_heads * mla.qk_head_dim, bias=False)
+            self.wq_b = nn.Linear(mla.q_lora_rank, cfg.n_heads * mla.qk_head_dim, bias=False)
         else:
-            self.wq = Linear(cfg.d_model, cfg.n_heads * mla.qk_head_dim, bias=False)
-        self.wkv_a = Linear(cfg.d_model, mla.kv_lora_rank + mla.qk_rope_dim, bias=cfg.qkv_bias)
+            self.wq = nn.Linear(cfg.d_model, cfg.n_heads * mla.qk_head_dim, bias=False)
+        self.wkv_a = nn.Linear(cfg.d_model, mla.kv_lora_rank + mla.qk_rope_dim, bias=cfg.qkv_bias)
         self.kv_a_norm = Norm(mla.kv_lora_rank, "rms", LATENT_NORM_EPS)
-        self.wkv_b = Linear(mla.kv_lora_rank, cfg.n_heads * (mla.qk_nope_dim + mla.v_head_dim), bias=False)
-        self.wo = Linear(cfg.n_heads * mla.v_head_dim, cfg.d_model, bias=cfg.out_bias)
-        scale = mla.qk_head_dim ** -0.5
-        if cfg.rope is not None and cfg.rope.kind == "yarn" and cfg.rope.mscale_all_dim:
-            scale *= yarn_mscale(cfg.rope.factor, cfg.rope.mscale_all_dim) ** 2  # YaRN's softmax temperature
-        self.scale = scale
+        self.wkv_b = nn.Linear(mla.kv_lora_rank, cfg.n_heads * (mla.qk_nope_dim + mla.v_head_dim), bias=False)
+        self.wo = nn.Linear(cfg.n_heads * mla.v_head_dim, cfg.d_model, bias=cfg.out_bias)
+        self.scale = mla.qk_head_dim ** -0.5 * yarn_softmax_scale(cfg.rope)
 
     def latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, d] -> (normed latent [B, T, kv_lora_rank], rotary key part before rotation [B, T, d_rope])."""
@@ -176,15 +148,13 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.gated, self.act = cfg.mlp == "swiglu", cfg.activation
-        self.w_gate = Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias) if self.gated else None
-        self.w_up = Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
-        self.w_down = Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
-        self.gate_up_packed: PackedWeight | None = None
+        self.w_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias) if self.gated else None
+        self.w_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.mlp_bias)
+        self.w_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gated:  # SwiGLU
-            gate, up = project(x, (self.w_gate, self.w_up), self.gate_up_packed)
-            return self.w_down(activation(gate, self.act) * up)
+        if self.gated:  # SwiGLU: act(x W_gate) * (x W_up), then W_down
+            return self.w_down(activation(self.w_gate(x), self.act) * self.w_up(x))
         return self.w_down(activation(self.w_up(x), self.act))
 
 
@@ -194,7 +164,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.moe = moe = cfg.moe
-        self.router = Linear(cfg.d_model, moe.n_routed_experts, bias=False)
+        self.router = nn.Linear(cfg.d_model, moe.n_routed_experts, bias=False)
         self.register_buffer("router_bias", torch.zeros(moe.n_routed_experts))  # e_score_correction_bias
         expert_cfg = replace(cfg, d_ff=moe.d_ff_expert, mlp_bias=False)
         self.experts = nn.ModuleList(MLP(expert_cfg) for _ in range(moe.n_routed_experts))
@@ -232,12 +202,9 @@ class Block(nn.Module):
         self.attn = LatentAttention(cfg, layer) if cfg.mla is not None else Attention(cfg, layer)
         self.mlp_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
         self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
-        self._one_call: bool | None = None  # one_call_step's structural part, decided on first use
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None,
                 recorder: Recorder | None = None) -> torch.Tensor:
-        if cache is not None and h.shape[:2] == (1, 1) and self.one_call_step(h, rope):
-            return self.step(h, rope, cache)
         h = h + self.attn(self.attn_norm(h), positions, rope, cache)[0]
         if isinstance(self.mlp, MoE):
             record: dict | None = {} if recorder is not None else None
@@ -246,31 +213,6 @@ class Block(nn.Module):
                 recorder.routing(self.layer, record["experts"], record["expert_weights"])
             return h + out
         return h + self.mlp(self.mlp_norm(h))
-
-    def one_call_step(self, h: torch.Tensor, rope) -> bool:
-        """Whether one decoding step of this block can run as one compiled call (model/kernels: llama_block_step):
-        a Llama-style block (RMSNorm, RoPE, no biases, q/k norms or window, SwiGLU) whose matrices are all kept
-        as GGUF blocks, on float32 CPU tensors."""
-        if self._one_call is None:  # the structure does not change after loading: checked once
-            attn, mlp = self.attn, self.mlp
-            self._one_call = (
-                isinstance(attn, Attention) and isinstance(mlp, MLP) and mlp.gated and mlp.act == "silu"
-                and attn.qkv_packed is not None and attn.wo.packed is not None and mlp.gate_up_packed is not None
-                and mlp.w_down.packed is not None and attn.q_norm is None and attn.window is None
-                and self.attn_norm.kind == self.mlp_norm.kind == "rms"
-                and all(m.bias is None for m in (attn.wq, attn.wk, attn.wv, attn.wo, mlp.w_gate, mlp.w_up, mlp.w_down)))
-        return (self._one_call and rope is not None and h.dtype == rope[0].dtype == torch.float32
-                and h.device.type == "cpu" and kernels.loaded() is not None)
-
-    def step(self, h: torch.Tensor, rope, cache: KVCache) -> torch.Tensor:
-        """The same as forward for one token at position cache.length, in one compiled call."""
-        attn, mlp = self.attn, self.mlp
-        like = h.new_empty(1, attn.n_kv_heads, 0, attn.d_head)
-        keys, values = cache.reserve(self.layer, cache.length + 1, like, like)
-        return kernels.extension().llama_block_step(
-            h, self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, attn.qkv_packed.for_kernels,
-            attn.wo.packed.for_kernels, mlp.gate_up_packed.for_kernels, mlp.w_down.packed.for_kernels,
-            attn.n_heads, attn.n_kv_heads, rope[0], rope[1], keys, values, cache.length, attn.scale)
 
     def internals(self, h: torch.Tensor, positions: torch.Tensor, rope, need_probs: bool = False) -> BlockInternals:
         """Recompute this block over a whole sequence h [B, T, d], keeping every intermediate."""
@@ -294,14 +236,8 @@ class Decoder(nn.Module):
                           if cfg.positions == "learned" else None)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
-        self.lm_head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._inv_freq: torch.Tensor | None = None
-        self.head_packed: PackedWeight | None = None  # the output matrix's quantized blocks, when the loader kept them
-
-    def packed_weights(self) -> list[PackedWeight]:
-        """The matrices kept as the checkpoint's quantized blocks (see model/quantized.py); empty for other sources."""
-        linears = [m.packed for m in self.modules() if isinstance(m, Linear) and m.packed is not None]
-        return linears + ([self.head_packed] if self.head_packed is not None else [])
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -330,9 +266,9 @@ class Decoder(nn.Module):
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm and head: residual stream [.., d_model] -> logits [.., vocab] in float32."""
         x = self.norm(h)
-        if self.head_packed is not None and self.head_packed.usable_for(x):
-            return self.head_packed.matmul(x)
-        return torch.nn.functional.linear(x, self.head_weight).float()
+        if self.lm_head is None:  # tied: the embedding matrix also reads tokens out
+            return torch.nn.functional.linear(x, self.embed.weight).float()
+        return self.lm_head(x).float()
 
     def forward(
         self,

@@ -8,32 +8,32 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import kernels
 from .config import RopeConfig
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32 and weight.dtype == torch.float32:  # the same math as below, fused
-        if x.numel() <= 4 * x.shape[-1] and x.device.type == "cpu" and x.is_contiguous() \
-                and (ext := kernels.loaded()) is not None:
-            return ext.rms_norm(x, weight, eps)  # a decoding step: torch's op costs more in dispatch than in math
-        return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    # the statistics in float32 whatever the compute dtype, then scale in the input dtype (as transformers)
+    """RMSNorm: x / sqrt(mean(x^2) + eps) * weight, over the last dimension.
+
+    The statistics are taken in float32 whatever the compute dtype, then the result is cast back before the
+    weight multiplies it (as transformers does): in bf16, squaring and averaging 576 values would lose digits."""
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """LayerNorm (GPT-2): (x - mean) / sqrt(var + eps) * weight + bias, over the last dimension."""
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
+# Rotary position embedding (RoPE). Each pair of dimensions (i, i + d/2) of a query or key is rotated by the angle
+# position * inv_freq[i]; the dot product of a rotated query and key then depends only on their distance.
+# Scalings stretch the slow-turning frequencies so a model reaches past the context it was trained on.
+
 def rope_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
-    """Inverse frequencies [d_rot/2] in float32, with linear, llama3 or yarn scaling applied."""
-    if rope.kind == "yarn":
-        return _yarn_inv_freq(rope, d_rot)
+    """Inverse frequencies [d_rot/2] in float32: theta^(-2i/d_rot), with linear, llama3 or yarn scaling."""
     inv_freq = 1.0 / (rope.theta ** (torch.arange(0, d_rot, 2, dtype=torch.int64).float() / d_rot))
-    if rope.kind == "linear":
+    if rope.kind == "linear":  # every frequency slowed by factor: positions interpolated into the trained range
         return inv_freq / rope.factor
     if rope.kind == "llama3":
         # wavelengths longer than the original context are stretched by `factor`, short ones kept,
@@ -48,15 +48,61 @@ def rope_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
         blended = (1 - smooth) * scaled / rope.factor + smooth * scaled
         medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
         return torch.where(medium, blended, scaled)
+    if rope.kind == "yarn":
+        return yarn_inv_freq(rope, inv_freq)
     return inv_freq
 
 
-def yarn_mscale(scale: float, mscale: float = 1.0) -> float:
-    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+def rope_cos_sin(
+    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [T, d_rot] for the given positions, computed in float32 then cast (times scale: see YaRN)."""
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, d_rot/2]
+    emb = torch.cat((angles, angles), dim=-1)  # [T, d_rot]: dimension i and i + d_rot/2 share an angle
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1), halves of the last dimension: the 90-degree turn of each pair (x1[i], x2[i])."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin: each pair rotated by its angle. x [B, H, T, d_rot]; cos, sin [T, d_rot]."""
+    return x * cos + rotate_half(x) * sin
+
+
+# YaRN (DeepSeek-V3, Kimi-K2), in its three parts: (1) frequencies that turn fewer than beta_slow times over the
+# original context are interpolated (divided by factor), those that turn more than beta_fast times are kept, a
+# linear ramp blends the dimensions between; (2) cos and sin are scaled by an attention factor, which sharpens the
+# softmax to make up for the longer context; (3) MLA also multiplies its softmax scale by mscale(factor,
+# mscale_all_dim)^2, which with mscale == mscale_all_dim cancels (2) (Kimi-K2's config does exactly that).
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_inv_freq(rope: RopeConfig, inv_freq: torch.Tensor) -> torch.Tensor:
+    """(1): the unscaled inverse frequencies [d_rot/2], interpolated below the ramp, kept above it."""
+    d_rot = 2 * inv_freq.shape[0]
+
+    def dim_turning(rotations: float) -> float:  # the dimension that turns `rotations` times over the context
+        return d_rot * math.log(rope.original_max_positions / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
+
+    low, high = dim_turning(rope.beta_fast), dim_turning(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d_rot - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(d_rot // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate (divide by factor)
+    return inv_freq / rope.factor * (1 - keep) + inv_freq * keep
 
 
 def rope_attention_factor(rope: RopeConfig) -> float:
-    """YaRN scales cos/sin by this factor (1 for other kinds)."""
+    """(2): YaRN scales cos and sin by this factor; 1 for the other kinds."""
     if rope.kind != "yarn":
         return 1.0
     if rope.attention_factor is not None:
@@ -66,45 +112,11 @@ def rope_attention_factor(rope: RopeConfig) -> float:
     return yarn_mscale(rope.factor)
 
 
-def _yarn_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
-    # YaRN: interpolate the low frequencies by `factor`, keep the high ones, ramp linearly between the
-    # dimensions that complete beta_fast and beta_slow rotations over the original context
-    def correction_dim(rotations: float) -> float:
-        return d_rot * math.log(rope.original_max_positions / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
-
-    low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
-    if rope.truncate:
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, d_rot - 1)
-    if low == high:
-        high += 0.001
-    ramp = torch.clamp((torch.arange(d_rot // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
-    extrapolation = 1.0 / (rope.theta ** (torch.arange(0, d_rot, 2).float() / d_rot))
-    interpolation = extrapolation / rope.factor
-    keep = 1 - ramp
-    return interpolation * (1 - keep) + extrapolation * keep
-
-
-def rope_cos_sin(
-    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, scale: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [T, d_rot] for the given positions, computed in float32 then cast."""
-    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, d_rot/2]
-    emb = torch.cat((angles, angles), dim=-1)
-    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, d_rot]; cos/sin [T, d_rot]."""
-    if x.dtype == torch.float32 and x.dim() == 4 and x.shape[2] <= 4 and x.device.type == "cpu" \
-            and (ext := kernels.loaded()) is not None:
-        return ext.rope(x, cos, sin)  # a decoding step: the same sum in one call instead of seven small ops
-    return x * cos + rotate_half(x) * sin
+def yarn_softmax_scale(rope: RopeConfig | None) -> float:
+    """(3): the factor MLA's softmax scale is multiplied by (1 without YaRN or without mscale_all_dim)."""
+    if rope is None or rope.kind != "yarn" or not rope.mscale_all_dim:
+        return 1.0
+    return yarn_mscale(rope.factor, rope.mscale_all_dim) ** 2
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

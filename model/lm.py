@@ -50,12 +50,13 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 class LanguageModel:
     def __init__(self, decoder: Decoder, tokenizer: Tokenizer, name: str, source: str,
-                 random_weights: bool = False) -> None:
+                 random_weights: bool = False, fast_paths: Sequence[str] = ()) -> None:
         self.decoder = decoder.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
         self.random_weights = random_weights  # no checkpoint: the text is noise, the mechanics are real
+        self.fast_paths = tuple(fast_paths)  # what model/fast swapped in, in words (empty: the reference alone)
 
     @property
     def config(self) -> ModelConfig:

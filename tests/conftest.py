@@ -38,3 +38,19 @@ def embedded_lm():
     from model import load_model
 
     return load_model(device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def reference_lm():
+    """The embedded model with every fast path left out (EXPLORER_KERNELS=0): the readable reference alone."""
+    from model import load_model
+
+    previous = os.environ.get("EXPLORER_KERNELS")
+    os.environ["EXPLORER_KERNELS"] = "0"
+    try:
+        return load_model(device="cpu", dtype="float32")
+    finally:
+        if previous is None:
+            del os.environ["EXPLORER_KERNELS"]
+        else:
+            os.environ["EXPLORER_KERNELS"] = previous

@@ -57,10 +57,7 @@ def model_summary(lm: LanguageModel) -> str:
                  else f"{cfg.n_heads} heads ({cfg.n_kv_heads} KV)")
     moe = (f" · MoE {cfg.moe.n_routed_experts} experts, {cfg.moe.n_experts_per_tok} active + "
            f"{cfg.moe.n_shared_experts} shared" if cfg.moe is not None else "")
-    kinds = sorted({p.kind.upper() for p in lm.decoder.packed_weights()})
-    # say where decoding reads its weights from: the file's quantized blocks (exact values) or the float32 copy
-    blocks = (f" · decoding from the file's {'/'.join(kinds)} blocks"
-              if kinds and lm.device.type == "cpu" and dtype == "float32" else "")
+    fast = "".join(f" · {done}" for done in lm.fast_paths)  # e.g. decoding from the file's Q4_1/Q8_0 blocks
     return (f"**{lm.name}** · {cfg.family} · {lm.n_params / 1e6:,.0f}M parameters · {cfg.n_layers} layers × "
             f"{attention}{moe} · d_model {cfg.d_model} · vocabulary {cfg.vocab_size:,} · {lm.device.type} · {dtype}"
-            f"{blocks}")
+            f"{fast}")

@@ -1,9 +1,10 @@
 """CPU kernels that compute straight from GGUF's block-quantized weights (blockquant.cpp), built once with the
-machine's C++ compiler through torch.utils.cpp_extension and cached in torch's extensions folder.
+machine's C++ compiler through torch.utils.cpp_extension and cached in torch's extensions folder. The fast paths
+(model/fast) use them; the reference decoder never does.
 
-Without a compiler, or with EXPLORER_KERNELS=0, everything still works: decoding then reads the float32 copy of
-the weights (about 5x the bytes for a Q4_1 model, so about half the speed). `python -m model.kernels` builds the
-extension ahead of time (`make setup` does) and prints what it uses."""
+Without a compiler, or with EXPLORER_KERNELS=0 (which turns every fast path off), everything still works: decoding
+then runs the reference on the float32 weights (about 5x the bytes for a Q4_1 model, so about a third of the
+speed). `python -m model.kernels` builds the extension ahead of time (`make setup` does) and prints what it uses."""
 from __future__ import annotations
 
 import os
@@ -40,13 +41,7 @@ def extension() -> ModuleType | None:
                 lines = str(e).strip().splitlines() or [""]
                 _error = f"{type(e).__name__}: " + next((ln for ln in lines if "error:" in ln), lines[-1])
                 warnings.warn(f"the block-quantized kernels could not be built ({_error}); decoding reads the "
-                              "float32 weights instead (about half the speed)", RuntimeWarning, stacklevel=2)
-    return _module
-
-
-def loaded() -> ModuleType | None:
-    """The kernels if something already needed them (a GGUF load builds them), without building them: checks on the
-    hot path use this, so a model from safetensors never waits for a compiler."""
+                              "float32 weights instead (about a third of the speed)", RuntimeWarning, stacklevel=2)
     return _module
 
 

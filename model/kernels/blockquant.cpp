@@ -253,8 +253,7 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   return y;
 }
 
-// RMSNorm of a few rows, as torch's rms_norm computes it (float32 statistics); a single fused loop, because for
-// one token of 576 values torch's op costs ~15 us, mostly dispatch, and a decoding step runs 61 of them.
+// RMSNorm of a few float32 rows: x / sqrt(mean(x^2) + eps) * weight.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: contiguous float32");
   const int64_t d = x.size(-1), rows = x.numel() / d;
@@ -278,24 +277,6 @@ inline void rope_row(const float* x, const float* c, const float* s, int64_t hal
     out[i] = x[i] * c[i] + (-x[i + half]) * s[i];
     out[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
   }
-}
-
-// Rotate-half RoPE of a few positions, x [B, H, T, D] with cos, sin [T, D]: y = x * cos + rotate_half(x) * sin.
-// One loop instead of torch's seven small ops; a decoding step applies it to q and k of every layer.
-torch::Tensor rope(const torch::Tensor& x_, const torch::Tensor& cos, const torch::Tensor& sin) {
-  TORCH_CHECK(x_.device().is_cpu() && x_.scalar_type() == torch::kFloat32 && x_.dim() == 4, "x: float32 [B, H, T, D]");
-  auto x = x_.contiguous();
-  const int64_t t = x.size(2), d = x.size(3), h = d / 2, rows = x.numel() / (t * d);
-  TORCH_CHECK(d % 2 == 0 && cos.sizes() == sin.sizes() && cos.dim() == 2 && cos.size(0) == t && cos.size(1) == d &&
-                  cos.scalar_type() == torch::kFloat32 && sin.scalar_type() == torch::kFloat32 &&
-                  cos.is_contiguous() && sin.is_contiguous(),
-              "cos, sin: contiguous float32 [T, D]");
-  auto y = torch::empty_like(x);
-  const float *px = x.data_ptr<float>(), *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
-  float* py = y.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < t; ++j) rope_row(px + (r * t + j) * d, pc + j * d, ps + j * d, h, py + (r * t + j) * d);
-  return y;
 }
 
 // A matrix kept as GGUF blocks: kind "q4_1" (q, d, m) or "q8_0" (q, d; m undefined).
@@ -381,8 +362,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   using release = py::call_guard<py::gil_scoped_release>;
   module.def("q4_1_matmul", &q4_1_matmul, "x [M, K] float32 @ Q4_1 blocks [N, K] ^T -> [M, N]", release());
   module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]", release());
-  module.def("rms_norm", &rms_norm, "RMSNorm of float32 rows [.., d] with weight [d]");
-  module.def("rope", &rope, "rotate-half RoPE of float32 x [B, H, T, D] with cos, sin [T, D]");
   py::class_<Packed>(module, "Packed")
       .def(py::init([](std::string kind, torch::Tensor q, torch::Tensor d, std::optional<torch::Tensor> m) {
         TORCH_CHECK(kind == "q4_1" || kind == "q8_0", "unknown block kind ", kind);

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..fast import accelerate
 from ..lm import LanguageModel, _pick_device, default_dtype
 from .embedded import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_gguf_path
 from ..tokenizer import Tokenizer
@@ -48,7 +49,8 @@ def load_model(
             raise ValueError(f"{source}: vocabulary {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
         dev = _pick_device(device)
         decoder = decoder.to(device=dev, dtype=resolve_dtype(dtype, dev))
-        return LanguageModel(decoder, tokenizer, name=name, source=source, random_weights=True)
+        return LanguageModel(decoder, tokenizer, name=name, source=source, random_weights=True,
+                             fast_paths=accelerate(decoder, {}))
     if source is None:
         try:
             path, label = embedded_gguf_path(), EMBEDDED_NAME
@@ -56,6 +58,7 @@ def load_model(
             return load_model(EMBEDDED_HUB_ID, device, dtype)
     else:
         path, label = Path(source).expanduser(), None
+    stored = {}  # matrices as the file stores them, for the fast paths
     if path.is_dir():
         decoder, tokenizer, name = load_hf_dir(path)
     elif path.is_file():
@@ -63,7 +66,7 @@ def load_model(
             raise refuse_pickle(path)
         if path.suffix != ".gguf":
             raise ValueError(f"{path}: expected a .gguf file or a Hugging Face model directory")
-        decoder, tokenizer, name = load_gguf(path)
+        decoder, tokenizer, name, stored = load_gguf(path)
     elif source is not None and HUB_ID.fullmatch(str(source)) and not str(source).endswith(".gguf"):
         decoder, tokenizer, name = load_hf_dir(fetch(str(source)))
         name = str(source)
@@ -71,4 +74,5 @@ def load_model(
         raise FileNotFoundError(f"no such model file or directory: {source}")
     dev = _pick_device(device)
     decoder = decoder.to(device=dev, dtype=resolve_dtype(dtype, dev))
-    return LanguageModel(decoder, tokenizer, name=label or name, source=str(source or path))
+    return LanguageModel(decoder, tokenizer, name=label or name, source=str(source or path),
+                         fast_paths=accelerate(decoder, stored))

@@ -1,17 +1,20 @@
 """Loading a GGUF file: metadata -> config and tokenizer, tensors dequantized to float32 by the `gguf`
-package, llama.cpp's Q/K row permutation undone (anchor: transformers' GGUF tensor table)."""
+package, llama.cpp's Q/K row permutation undone (anchor: transformers' GGUF tensor table). The quantized matrices
+are also offered as stored, for the fast paths that compute from them (model/fast)."""
 from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
+import gguf
 import torch
 
 from ..config import ModelConfig, UnsupportedModelError, unsupported
-from .. import kernels
-from ..decoder import MLP, Attention, Decoder
-from ..quantized import PackedWeight
+from ..decoder import Decoder
 from ..tokenizer import Tokenizer
 from .gguf_reader import GGUFFile, GGUFFormatError
 from .weights import Rule, Transform, check_sizes, load_weights, split3
@@ -61,7 +64,18 @@ def gguf_rules(cfg: ModelConfig) -> list[Rule]:
     return rules
 
 
-def load_gguf(path: Path) -> tuple[Decoder, Tokenizer, str]:
+@dataclass(frozen=True)
+class StoredMatrix:
+    """A 2-D weight as the file stores it (e.g. Q4_1 blocks), under the decoder parameter name it fills."""
+
+    qtype: gguf.GGMLQuantizationType
+    read: Callable[[], torch.Tensor]  # its bytes, uint8 [rows, bytes per row], rows moved as the float32 weight's
+
+
+FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+
+
+def load_gguf(path: Path) -> tuple[Decoder, Tokenizer, str, dict[str, StoredMatrix]]:
     f = GGUFFile(path)
     if "rope_freqs.weight" in f.tensors:
         raise unsupported("GGUF files with rope_freqs (Llama 3.1 rope scaling); load the HF directory instead")
@@ -80,43 +94,23 @@ def load_gguf(path: Path) -> tuple[Decoder, Tokenizer, str]:
         arrays = dict(zip(f.tensors, pool.map(f.dequantize, f.tensors)))
     rules = gguf_rules(cfg)
     decoder = load_weights(cfg, list(arrays), lambda k: torch.from_numpy(arrays.pop(k)), rules)
-    keep_packed(decoder, f, rules)
-    return decoder, tokenizer, name
+    return decoder, tokenizer, name, stored_matrices(f, rules)
 
 
-def keep_packed(decoder: Decoder, f: GGUFFile, rules: list[Rule]) -> None:
-    """Give each Linear whose weight was Q4_1 / Q8_0 in the file those blocks too, moved through the same rule
-    (decoding then reads them: see model/quantized.py). Nothing is kept where the kernels cannot be built."""
-    if kernels.extension() is None:
-        return
-    modules = dict(decoder.named_modules())
+def stored_matrices(f: GGUFFile, rules: list[Rule]) -> dict[str, StoredMatrix]:
+    """Every quantized 2-D tensor of the file by the parameter name its rule fills, read on demand. The rule's
+    transform moves whole rows (llama.cpp's Q/K permutation, a fused QKV split), so it applies to the stored rows of
+    blocks as it did to the float32 rows."""
+    out = {}
     for name, info in f.tensors.items():
-        packed = PackedWeight.from_gguf(f.raw(name), info.qtype) if len(info.shape) == 2 else None
         rule, match = next(((r, m) for r in rules if (m := re.fullmatch(r.source, name))), (None, None))
-        if packed is None or rule is None:
+        if len(info.shape) != 2 or info.qtype in FLOAT_TYPES or rule is None:
             continue
-        parts = packed.rows_transformed(rule.transform) if rule.transform else [packed]
-        for target, part in zip(rule.targets, parts):
-            owner = match.expand(target).rsplit(".", 1)[0]
-            if owner == "lm_head" or (owner == "embed" and decoder.lm_head is None):
-                decoder.head_packed = part  # the output matrix (tied: the embedding, whose lookups stay dense)
-            elif owner != "embed":
-                modules[owner].packed = part
-    fuse_packed(decoder)
+        for i, target in enumerate(rule.targets):
+            out[match.expand(target)] = StoredMatrix(info.qtype, partial(_stored_rows, f, name, rule.transform, i))
+    return out
 
 
-def fuse_packed(decoder: Decoder) -> None:
-    """Stack the packed rows of linears that read the same input (q, k, v; gate, up) into one matrix, so a decoding
-    step makes one kernel call for them; each linear keeps a view of its own rows."""
-    groups = [(m, "qkv_packed", (m.wq, m.wk, m.wv)) for m in decoder.modules() if isinstance(m, Attention)]
-    groups += [(m, "gate_up_packed", (m.w_gate, m.w_up)) for m in decoder.modules() if isinstance(m, MLP) and m.gated]
-    for module, attr, linears in groups:
-        parts = [linear.packed for linear in linears]
-        if any(p is None for p in parts) or len({(p.kind, p.shape[1]) for p in parts}) > 1:
-            continue
-        fused = PackedWeight.stacked(parts)
-        setattr(module, attr, fused)
-        start = 0
-        for linear in linears:
-            linear.packed = fused.row_slice(start, start + linear.out_features)
-            start += linear.out_features
+def _stored_rows(f: GGUFFile, name: str, transform: Transform | None, part: int) -> torch.Tensor:
+    raw = torch.from_numpy(f.raw(name).copy())
+    return transform(raw)[part].contiguous() if transform is not None else raw

@@ -1,5 +1,6 @@
-"""The block-quantized kernels: the values they compute with are gguf's dequantized values, their products agree
-with a float32 matmul on every instruction-set path, and the embedded model really decodes through them."""
+"""The block-quantized kernels and the fast path built on them (model/fast): the values they compute with are gguf's
+dequantized values, their products agree with a float32 matmul on every instruction-set path, the embedded model
+really decodes through them, and turning them off changes no token."""
 from __future__ import annotations
 
 import gguf
@@ -8,8 +9,7 @@ import pytest
 import torch
 
 from model import kernels
-from model.decoder import Linear
-from model.quantized import PackedWeight
+from model.fast import OneCallBlock, PackedLinear, PackedWeight, packed_matrices
 
 Q = gguf.GGMLQuantizationType
 
@@ -23,11 +23,11 @@ def ext():
     module.use_isa("best")
 
 
-def quantized(n: int, k: int, qtype: Q, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
-    """gguf's own quantizer: stored bytes [n, bytes per row] and their float32 values [n, k]."""
+def quantized(n: int, k: int, qtype: Q, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """gguf's own quantizer: stored bytes uint8 [n, bytes per row] and their float32 values [n, k]."""
     w = np.random.default_rng(seed).standard_normal((n, k)).astype(np.float32) * 0.1
     raw = gguf.quants.quantize(w, qtype)
-    return raw, torch.from_numpy(gguf.quants.dequantize(raw, qtype).reshape(n, k))
+    return torch.from_numpy(raw), torch.from_numpy(gguf.quants.dequantize(raw, qtype).reshape(n, k))
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_1, Q.Q8_0])
@@ -39,7 +39,7 @@ def test_products_match_a_float32_matmul_on_every_path(ext, qtype, isa, n, k):
         pytest.fail(f"this CPU lacks {isa}")  # the project's machines have AVX-512: a path is never skipped
     assert ext.use_isa(isa) == isa
     raw, dense = quantized(n, k, qtype)
-    packed = PackedWeight.from_gguf(raw, qtype)
+    packed = PackedWeight.from_stored(raw, qtype)
     assert torch.equal(packed.dequantize(), dense)  # the exact stored values, no rounding of their own
     for rows in (1, 3):
         x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
@@ -52,24 +52,9 @@ def test_isa_names_are_checked(ext):
     assert ext.use_isa("best") in ("avx512", "avx2", "scalar")
 
 
-def test_rms_norm_kernel_matches_torch(ext):
-    x, w = torch.randn(2, 576), torch.randn(576)
-    torch.testing.assert_close(ext.rms_norm(x, w, 1e-5), torch.nn.functional.rms_norm(x, (576,), w, 1e-5))
-
-
-def test_rope_kernel_matches_the_formula(ext):
-    from model.layers import rotate_half
-
-    x = torch.randn(1, 2, 9, 64).transpose(1, 2)  # [1, 9, 2, 64], a non-contiguous view as decoding passes
-    cos, sin = torch.randn(2, 64), torch.randn(2, 64)
-    torch.testing.assert_close(ext.rope(x, cos, sin), x * cos + rotate_half(x) * sin, rtol=1e-6, atol=1e-6)
-    with pytest.raises(RuntimeError, match="cos, sin"):
-        ext.rope(x, cos[:1], sin[:1])
-
-
 def test_bad_arguments_are_refused_not_read_out_of_bounds(ext):
     raw, _ = quantized(8, 64, Q.Q4_1)
-    p = PackedWeight.from_gguf(raw, Q.Q4_1)
+    p = PackedWeight.from_stored(raw, Q.Q4_1)
     with pytest.raises(RuntimeError, match="multiple of 32|wrong shape"):
         ext.q4_1_matmul(torch.randn(1, 48), p.q, p.scale, p.minimum)
     with pytest.raises(RuntimeError, match="float32"):
@@ -80,56 +65,67 @@ def test_bad_arguments_are_refused_not_read_out_of_bounds(ext):
 
 def test_embedded_model_decodes_from_its_gguf_blocks(embedded_lm, ext):
     decoder = embedded_lm.decoder
-    linears = [m for m in decoder.modules() if isinstance(m, Linear)]
-    assert linears and all(m.packed is not None for m in linears)
-    assert decoder.head_packed is not None and decoder.head_packed.kind == "q8_0"
-    for m in linears:  # rows moved exactly as the float32 weights were (llama.cpp's Q/K permutation undone)
-        assert torch.equal(m.packed.dequantize(), m.weight), m
-    assert torch.equal(decoder.head_packed.dequantize(), decoder.head_weight)
-    attn = decoder.blocks[0].attn
-    assert attn.qkv_packed is not None and attn.wq.packed.q.data_ptr() == attn.qkv_packed.q.data_ptr()
+    assert all(isinstance(block, OneCallBlock) for block in decoder.blocks)
+    assert isinstance(decoder.lm_head, PackedLinear) and decoder.lm_head.packed.kind == "q8_0"
+    assert decoder.lm_head.weight is decoder.embed.weight  # tied: the embedding's blocks are the output matrix
+    packed = packed_matrices(decoder)
+    params = dict(decoder.named_parameters(remove_duplicate=False))
+    matrices = [n for n, p in params.items() if p.dim() == 2 and n != "embed.weight"]
+    assert sorted(packed) == sorted(matrices)  # every matrix a decoding step reads comes from the file's blocks
+    for name, p in packed.items():  # rows moved exactly as the float32 weights were (llama.cpp's Q/K permutation)
+        assert torch.equal(p.dequantize(), params[name]), name
 
 
-def test_kernel_decoding_equals_dense_decoding(embedded_lm, monkeypatch):
-    run = lambda: list(embedded_lm.generate("The capital of France is", max_new_tokens=12, greedy=True, top_n=5,
-                                            stop_at_eos=False))
-    fast = run()
-    monkeypatch.setattr(kernels, "loaded", lambda: None)  # every product through the float32 weights
-    dense = run()
-    assert [s.token_id for s in fast] == [s.token_id for s in dense]
-    for a, b in zip(fast, dense):
+def test_kernel_decoding_equals_reference_decoding(embedded_lm, reference_lm):
+    """The fast path on or off changes no token of a greedy generation, and barely a probability."""
+    run = lambda lm: list(lm.generate("The capital of France is", max_new_tokens=24, greedy=True, top_n=5,
+                                      stop_at_eos=False, record=True))
+    fast, reference = run(embedded_lm), run(reference_lm)
+    assert not reference_lm.fast_paths and not any(isinstance(b, OneCallBlock) for b in reference_lm.decoder.blocks)
+    assert [s.token_id for s in fast] == [s.token_id for s in reference]
+    for a, b in zip(fast, reference):
         assert a.top_ids == b.top_ids
         assert a.top_probs == pytest.approx(b.top_probs, abs=1e-5)
+    # the residual stream recorded while decoding, block by block (only the order of float additions differs)
+    a, b = fast[-1].trace.hidden_states, reference[-1].trace.hidden_states  # [layers + 1, T, d]
+    assert ((a - b).norm(dim=-1) / b.norm(dim=-1)).max() < 1e-5
 
 
-def test_one_call_block_step_equals_the_python_block(embedded_lm):
+def test_one_call_block_step_equals_the_reference_block(embedded_lm, reference_lm):
     from model.cache import KVCache
 
-    decoder = embedded_lm.decoder
+    fast_decoder, decoder = embedded_lm.decoder, reference_lm.decoder
     ids = torch.tensor([embedded_lm.tokenizer.encode("The quick brown fox jumps over the")])
     t = ids.shape[1]
     with torch.inference_mode():
         h = decoder.embed_tokens(ids, torch.arange(t))
         rope = decoder.rope(torch.arange(t), h.dtype)
         first, last = (rope[0][:-1], rope[1][:-1]), (rope[0][-1:], rope[1][-1:])
-        for block in decoder.blocks:
-            assert block.one_call_step(h[:, -1:], last)
-            # the first t-1 tokens fill both caches the Python way; the last token goes through each path
+        for fast_block, block in zip(fast_decoder.blocks, decoder.blocks):
+            # the first t-1 tokens fill both caches through the reference; the last token goes through each block
             fast, slow = KVCache(len(decoder.blocks), 16), KVCache(len(decoder.blocks), 16)
             for cache in (fast, slow):
                 block(h[:, :-1], torch.arange(t - 1), first, cache)
                 cache.advance(t - 1)
-            one_call = block.step(h[:, -1:], last, fast)
-            mid = h[:, -1:] + block.attn(block.attn_norm(h[:, -1:]), torch.tensor([t - 1]), last, slow)[0]
-            python = mid + block.mlp(block.mlp_norm(mid))
+            one_call = fast_block(h[:, -1:], torch.tensor([t - 1]), last, fast)
+            python = block(h[:, -1:], torch.tensor([t - 1]), last, slow)
             torch.testing.assert_close(one_call, python, rtol=1e-4, atol=1e-4)
-            keys = lambda c: c.layers[block.layer][0][:, :, :t]  # the new key went into the cache, rotated
-            torch.testing.assert_close(keys(fast), keys(slow), rtol=1e-5, atol=1e-5)
+            for kv in (0, 1):  # the new key (rotated) and value went into the cache
+                torch.testing.assert_close(fast.layers[block.layer][kv][:, :, :t], slow.layers[block.layer][kv][:, :, :t],
+                                           rtol=1e-5, atol=1e-5)
             h = block(h, torch.arange(t), rope, None)
+
+
+def test_fast_modules_keep_the_reference_names_and_values(embedded_lm, reference_lm):
+    fast = dict(embedded_lm.decoder.named_parameters())
+    assert fast.keys() == dict(reference_lm.decoder.named_parameters()).keys()
+    for name, p in reference_lm.decoder.named_parameters():
+        assert torch.equal(fast[name], p), name
 
 
 def test_a_failed_build_warns_and_falls_back(monkeypatch):
     import torch.utils.cpp_extension
+    from model import load_model
 
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Error building extension\nblockquant.cpp:1: error: c++: command not found")
@@ -138,16 +134,17 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch):
     monkeypatch.setattr(kernels, "_error", None)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     with pytest.warns(RuntimeWarning, match="float32 weights"):
-        assert kernels.extension() is None
+        lm = load_model(device="cpu", dtype="float32")
     assert "command not found" in kernels.error()
-    raw, dense = quantized(4, 64, Q.Q4_1)
-    assert not PackedWeight.from_gguf(raw, Q.Q4_1).usable_for(torch.randn(1, 64))
+    assert not lm.fast_paths and not packed_matrices(lm.decoder)
+    assert len(list(lm.generate("Hi", max_new_tokens=3, greedy=True))) == 3
 
 
-def test_model_summary_says_where_decoding_reads_from(embedded_lm):
+def test_model_summary_says_where_decoding_reads_from(embedded_lm, reference_lm):
     from explorer.ui.common import model_summary
 
     assert "decoding from the file's Q4_1/Q8_0 blocks" in model_summary(embedded_lm)
+    assert "blocks" not in model_summary(reference_lm)
 
 
 def test_models_without_blocks_never_build_the_kernels(monkeypatch):
@@ -156,5 +153,5 @@ def test_models_without_blocks_never_build_the_kernels(monkeypatch):
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(kernels, "extension", lambda: pytest.fail("a model without GGUF blocks built the kernels"))
     lm = load_model("random:deepseek-v3-mini")
-    assert not lm.decoder.packed_weights()
+    assert not lm.fast_paths and not packed_matrices(lm.decoder)
     assert len(list(lm.generate("Hi", max_new_tokens=3, greedy=True, record=True))) == 3

@@ -1,22 +1,21 @@
-"""GGUF block-quantized matrices kept as stored, for decoding from them with model/kernels (see blockquant.cpp).
-
-A Linear whose weight came from a Q4_1 or Q8_0 tensor keeps its float32 weight (prefill, recomputation and every
-view use it: dense matmuls of many rows are compute-bound) and a PackedWeight beside it; products of a few rows,
-as in decoding one token, read the packed blocks instead: the same values, about a fifth of the bytes."""
+"""Matrices kept as GGUF stores them (Q4_1, Q8_0 blocks), and a Linear that multiplies a few rows straight from them
+with the compiled kernels (model/kernels/blockquant.cpp): the same weight values as the float32 copy, about a fifth
+of the bytes read. Decoding one token reads every weight once, so bytes read set its speed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable
 
 import gguf
-import numpy as np
 import torch
+from torch import nn
 
-from . import kernels
+from .. import kernels
 
 BLOCK = 32
-# Products with at most this many rows read the packed blocks; more rows use the dense float32 weight.
+KINDS = {gguf.GGMLQuantizationType.Q4_1: "q4_1", gguf.GGMLQuantizationType.Q8_0: "q8_0"}  # what the kernels read
+# Products with at most this many rows read the packed blocks; more rows (prefill, recomputation) use the float32
+# weight: a dense matmul of many rows is bound by arithmetic, not by bytes.
 MAX_PACKED_ROWS = 4
 
 
@@ -36,28 +35,19 @@ class PackedWeight:
         return sum(t.numel() * t.element_size() for t in (self.q, self.scale, self.minimum) if t is not None)
 
     @classmethod
-    def from_gguf(cls, raw: np.ndarray, qtype: gguf.GGMLQuantizationType) -> "PackedWeight | None":
-        """raw: a tensor's stored bytes as uint8 [rows, bytes per row]; None for types the kernels do not read."""
+    def from_stored(cls, raw: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> "PackedWeight | None":
+        """raw: a matrix's stored bytes, uint8 [rows, bytes per row]; None for types the kernels do not read."""
         rows = raw.shape[0]
         if qtype == gguf.GGMLQuantizationType.Q4_1:  # block: d f16, m f16, 16 bytes of nibbles
             blocks = raw.reshape(rows, -1, 20)
-            scales = blocks[:, :, :4].copy().view(np.float16).astype(np.float32)  # [rows, nb, 2]: d, m
-            return cls("q4_1", torch.from_numpy(blocks[:, :, 4:].reshape(rows, -1).copy()),
-                       torch.from_numpy(np.ascontiguousarray(scales[:, :, 0])),
-                       torch.from_numpy(np.ascontiguousarray(scales[:, :, 1])))
+            d_m = blocks[:, :, :4].contiguous().view(torch.float16).float()  # [rows, nb, 2]: d, m
+            return cls("q4_1", blocks[:, :, 4:].reshape(rows, -1).contiguous(), d_m[:, :, 0].contiguous(),
+                       d_m[:, :, 1].contiguous())
         if qtype == gguf.GGMLQuantizationType.Q8_0:  # block: d f16, 32 int8
             blocks = raw.reshape(rows, -1, 34)
-            scale = blocks[:, :, :2].copy().view(np.float16).astype(np.float32)[:, :, 0]
-            return cls("q8_0", torch.from_numpy(blocks[:, :, 2:].reshape(rows, -1).copy().view(np.int8)),
-                       torch.from_numpy(np.ascontiguousarray(scale)), None)
+            d = blocks[:, :, :2].contiguous().view(torch.float16).float()[:, :, 0].contiguous()
+            return cls("q8_0", blocks[:, :, 2:].reshape(rows, -1).contiguous().view(torch.int8), d, None)
         return None
-
-    def rows_transformed(self, transform: Callable[[torch.Tensor], list[torch.Tensor]]) -> list["PackedWeight"]:
-        """Apply a loader transform that only moves or splits rows (llama.cpp's Q/K unpermute, fused QKV split)."""
-        parts = [transform(t) if t is not None else None for t in (self.q, self.scale, self.minimum)]
-        n = len(parts[0])
-        return [PackedWeight(self.kind, parts[0][i].contiguous(), parts[1][i].contiguous(),
-                             parts[2][i].contiguous() if parts[2] is not None else None) for i in range(n)]
 
     @classmethod
     def stacked(cls, parts: list["PackedWeight"]) -> "PackedWeight":
@@ -90,6 +80,21 @@ class PackedWeight:
         """This matrix as the compiled kernels take it (model/kernels: Packed)."""
         return kernels.extension().Packed(self.kind, self.q, self.scale, self.minimum)
 
-    def usable_for(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() <= MAX_PACKED_ROWS * x.shape[-1]
-                and kernels.loaded() is not None)
+
+class PackedLinear(nn.Linear):
+    """A reference nn.Linear (same weight and bias, same name in the model) that multiplies a few float32 rows on the
+    CPU straight from the checkpoint's blocks; anything else goes through the float32 weight as before."""
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, packed: PackedWeight) -> None:
+        nn.Module.__init__(self)
+        if packed.shape != tuple(weight.shape):
+            raise ValueError(f"packed blocks {packed.shape} do not match the weight {tuple(weight.shape)}")
+        self.out_features, self.in_features = weight.shape
+        self.weight, self.bias = weight, bias
+        self.packed = packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() <= MAX_PACKED_ROWS * x.shape[-1]:
+            y = self.packed.matmul(x)
+            return y if self.bias is None else y + self.bias
+        return super().forward(x)

@@ -1,0 +1,76 @@
+"""Fast paths, swapped into a loaded reference decoder (anchor: gpt-fast's quantize.py replacing nn.Linear after
+loading). The reference (model/decoder.py, model/layers.py) never knows: every fast module computes what the module
+it replaces computes, and leaving `accelerate` out (EXPLORER_KERNELS=0, or no C++ compiler) changes no token.
+
+A fast path is a function (decoder, stored matrices) -> a sentence saying what it did, or None where it does not
+apply to this checkpoint on this machine. `accelerate` runs them in order; new ones (bf16 weights as stored, batched
+decoding steps) join FAST_PATHS."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .. import kernels
+from ..decoder import Decoder
+from .llama_block import OneCallBlock
+from .packed import KINDS, PackedLinear, PackedWeight
+
+if TYPE_CHECKING:
+    from ..loading.gguf_file import StoredMatrix
+
+
+def gguf_blocks(decoder: Decoder, stored: Mapping[str, "StoredMatrix"]) -> str | None:
+    """Decoding reads the file's Q4_1 / Q8_0 blocks (float32 on the CPU): Llama-style blocks as one compiled call a
+    step, every other matrix through a PackedLinear; the tied embedding's blocks serve as the output matrix."""
+    weight = decoder.embed.weight
+    wanted = {name: m for name, m in stored.items() if m.qtype in KINDS}
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not wanted or kernels.extension() is None:
+        return None
+    packed = {name: PackedWeight.from_stored(m.read(), m.qtype) for name, m in wanted.items()}
+    if decoder.config.rope is not None:
+        for i, block in enumerate(decoder.blocks):
+            fast = OneCallBlock.adopt(block, lambda name: packed.get(f"blocks.{i}.{name}"))
+            if fast is not None:
+                decoder.blocks[i] = fast
+                for name in fast.packed_matrices():
+                    del packed[f"blocks.{i}.{name}"]
+    for name, p in packed.items():
+        owner = name.removesuffix(".weight")
+        if owner == "embed":  # lookups stay dense; tied, its blocks are also the output matrix
+            if decoder.lm_head is None:
+                decoder.lm_head = PackedLinear(decoder.embed.weight, None, p)
+            continue
+        linear = decoder.get_submodule(owner)
+        if isinstance(linear, nn.Linear):
+            parent, _, child = owner.rpartition(".")
+            setattr(decoder.get_submodule(parent), child, PackedLinear(linear.weight, linear.bias, p))
+    kinds = "/".join(sorted({p.kind.upper() for p in packed_matrices(decoder).values()}))
+    return f"decoding from the file's {kinds} blocks ({kernels.extension().isa()} kernels)"
+
+
+FAST_PATHS: list[Callable[[Decoder, Mapping[str, "StoredMatrix"]], str | None]] = [gguf_blocks]
+
+
+def accelerate(decoder: Decoder, stored: Mapping[str, "StoredMatrix"]) -> list[str]:
+    """Swap in every fast path that applies to this decoder (already on its device and dtype) and checkpoint;
+    returns what each did. Nothing with EXPLORER_KERNELS=0."""
+    if not kernels.enabled():
+        return []
+    return [done for path in FAST_PATHS if (done := path(decoder, stored)) is not None]
+
+
+def packed_matrices(decoder: nn.Module) -> dict[str, PackedWeight]:
+    """Every weight that decoding reads as packed blocks, by the reference parameter name it stands for."""
+    out: dict[str, PackedWeight] = {}
+    for name, m in decoder.named_modules():
+        prefix = name + "." if name else ""
+        if isinstance(m, OneCallBlock):
+            out |= {prefix + k: v for k, v in m.packed_matrices().items()}
+        elif isinstance(m, PackedLinear):
+            out[prefix + "weight"] = m.packed
+    return out
+
+
+__all__ = ["FAST_PATHS", "OneCallBlock", "PackedLinear", "PackedWeight", "accelerate", "packed_matrices"]

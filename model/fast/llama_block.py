@@ -1,0 +1,72 @@
+"""A Llama-style block whose one-token decoding step is one compiled call (model/kernels: llama_block_step):
+RMSNorm, fused q/k/v, RoPE, the cache write, grouped-query attention and SwiGLU, reading the checkpoint's blocks.
+Python would spend as long dispatching the step's ~40 small ops as the matrix products take."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .. import kernels
+from ..cache import KVCache
+from ..decoder import MLP, Attention, Block, Recorder
+from .packed import PackedWeight
+
+# the reference parameters each packed matrix stands for, in the order the kernel's fused matrices stack them
+QKV, GATE_UP = ("attn.wq", "attn.wk", "attn.wv"), ("mlp.w_gate", "mlp.w_up")
+
+
+def fits(block: Block) -> bool:
+    """The structure the compiled step implements: RMSNorm (one epsilon), RoPE, plain multi-head or grouped-query
+    attention without window, q/k norms or biases, SwiGLU with SiLU."""
+    attn, mlp = block.attn, block.mlp
+    return (isinstance(attn, Attention) and isinstance(mlp, MLP) and mlp.gated and mlp.act == "silu"
+            and attn.q_norm is None and attn.window is None
+            and block.attn_norm.kind == block.mlp_norm.kind == "rms" and block.attn_norm.eps == block.mlp_norm.eps
+            and all(m.bias is None for m in (attn.wq, attn.wk, attn.wv, attn.wo, mlp.w_gate, mlp.w_up, mlp.w_down)))
+
+
+class OneCallBlock(Block):
+    """The reference block (its submodules and parameters, under the same names) plus its matrices as packed blocks.
+    A one-token step with a cache runs in one compiled call; everything else (prefill, recomputation, views) is the
+    reference forward, unchanged."""
+
+    @classmethod
+    def adopt(cls, block: Block, packed: Callable[[str], PackedWeight | None]) -> "OneCallBlock | None":
+        """The fast form of `block`, given its matrices' packed blocks by parameter name (relative to the block);
+        None where the block or its blocks do not fit."""
+        if not fits(block):
+            return None
+        mats = {name: packed(name + ".weight") for name in QKV + ("attn.wo",) + GATE_UP + ("mlp.w_down",)}
+        if any(p is None for p in mats.values()) or any(
+                len({(mats[n].kind, mats[n].shape[1]) for n in group}) > 1 for group in (QKV, GATE_UP)):
+            return None
+        fast = cls.__new__(cls)
+        vars(fast).update(vars(block))  # the same submodules, parameters and settings: only the class changes
+        fast.qkv = PackedWeight.stacked([mats[n] for n in QKV])
+        fast.gate_up = PackedWeight.stacked([mats[n] for n in GATE_UP])
+        fast.wo, fast.w_down = mats["attn.wo"], mats["mlp.w_down"]
+        return fast
+
+    def packed_matrices(self) -> dict[str, PackedWeight]:
+        """Each reference weight's packed form, as the step reads it (views of the fused matrices)."""
+        out = {}
+        for fused, group in ((self.qkv, QKV), (self.gate_up, GATE_UP)):
+            start = 0
+            for name in group:
+                rows = self.get_submodule(name).out_features
+                out[name + ".weight"] = fused.row_slice(start, start + rows)
+                start += rows
+        return out | {"attn.wo.weight": self.wo, "mlp.w_down.weight": self.w_down}
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None,
+                recorder: Recorder | None = None) -> torch.Tensor:
+        if cache is None or h.shape[:2] != (1, 1) or rope is None or h.dtype != torch.float32:
+            return super().forward(h, positions, rope, cache, recorder)
+        attn: Attention = self.attn
+        like = h.new_empty(1, attn.n_kv_heads, 0, attn.d_head)
+        keys, values = cache.reserve(self.layer, cache.length + 1, like, like)  # [1, Hkv, capacity, D]
+        return kernels.extension().llama_block_step(
+            h, self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, self.qkv.for_kernels,
+            self.wo.for_kernels, self.gate_up.for_kernels, self.w_down.for_kernels, attn.n_heads, attn.n_kv_heads,
+            rope[0], rope[1], keys, values, cache.length, attn.scale)
