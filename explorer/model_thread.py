@@ -2,10 +2,9 @@
 
 libgomp (PyTorch's OpenMP) gives every thread that starts a parallel region a team of its own, and once a process
 holds more OpenMP threads than CPUs, every team stops spin-waiting between parallel regions and sleeps instead.
-Decoding makes hundreds of short parallel regions a token, so one idle extra team halves it (measured on 2 cores:
-75 -> 37 tok/s; bench in the closing note of issue 5). Gradio runs handlers on many worker threads, so the app
-sends all model work here: loading, each token of each generation, and every render that recomputes from a trace.
-Generations take turns token by token, renders fit in between."""
+Decoding makes hundreds of short parallel regions a token, so one idle extra team halves its speed. Gradio runs
+handlers on many worker threads, so the app sends all model work here: loading, each token of each generation, and
+every render that recomputes from a trace. Generations take turns token by token, renders fit in between."""
 from __future__ import annotations
 
 import threading

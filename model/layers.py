@@ -149,7 +149,7 @@ def attention(
     """Causal attention. q [B, H, Tq, Dk], k [B, Hkv, Tk, Dk], v [B, Hkv, Tk, Dv] -> [B, H, Tq, Dv].
 
     With need_probs the probabilities [B, H, Tq, Tk] are computed eagerly (float32 softmax) and returned;
-    without, the fused SDPA kernel does the same math. Keys are the positions 0..Tk-1."""
+    without, torch's fused scaled_dot_product_attention does the same math. Keys are the positions 0..Tk-1."""
     n_rep = q.shape[1] // k.shape[1]
     n_q, n_k = q.shape[2], k.shape[2]
     if not need_probs:

@@ -53,7 +53,8 @@ def sample(logits: torch.Tensor, settings: SamplerSettings, generator: torch.Gen
     kept = torch.ones_like(scaled, dtype=torch.bool)
     if settings.top_k or settings.top_p < 1.0:
         # the candidates, most likely first: top-k needs only the k best; top-p alone the smallest prefix holding
-        # top_p of the mass, usually a few hundred tokens (a full sort of the vocabulary costs ~5 ms a token)
+        # top_p of the mass, usually a few hundred tokens: sorting the whole vocabulary would cost more than the
+        # rest of a decoding step's sampling
         if settings.top_k:
             sorted_logits, order = torch.topk(scaled, min(settings.top_k, scaled.shape[0]))
             log_total = torch.logsumexp(sorted_logits, dim=-1)  # top-p then renormalises over the top-k
@@ -75,8 +76,8 @@ def sample(logits: torch.Tensor, settings: SamplerSettings, generator: torch.Gen
 
 
 def _draw(final: torch.Tensor, kept: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One token from `final` by inverting its cumulative distribution over the kept tokens (torch.multinomial
-    takes ~1.2 ms over a 49k vocabulary, as long as the rest of a decoding step's sampling together)."""
+    """One token from `final` by inverting its cumulative distribution over the kept tokens (torch.multinomial over
+    the whole vocabulary costs as much as the rest of a decoding step's sampling)."""
     candidates = kept.nonzero().flatten()
     cdf = torch.cumsum(final[candidates], dim=0)
     u = torch.rand((), generator=generator) * cdf[-1]

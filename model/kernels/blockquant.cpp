@@ -172,8 +172,8 @@ void check(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& 
 
 // rows of the weight per task: enough work to be worth a thread, small enough to split a 192-row matrix
 constexpr int64_t GRAIN = 32;
-// Each call streams a few hundred KB that the hardware prefetcher picks up late; asking for the row PREFETCH_ROWS
-// ahead makes decoding ~15% faster (measured: 7.5 -> 6.0 ms per token of SmolLM2's kernels; 4, 12, 32 tried).
+// Each call streams a few hundred KB that the hardware prefetcher picks up late: asking for the row PREFETCH_ROWS
+// ahead keeps the memory bus busy (bench.core measures it).
 constexpr int64_t PREFETCH_ROWS = 12;
 
 inline void prefetch(const void* p, int64_t bytes) {
@@ -290,7 +290,7 @@ struct Packed {
 
 // One token through one pre-norm Llama-style block (RMSNorm, fused q/k/v, rotate-half RoPE, grouped-query
 // attention over the cache, SwiGLU), the same math as decoder.Block.forward for a single position, in one call:
-// the Python version spends as long dispatching its ~40 small ops as the matrix products take. k and v are written
+// the reference spends as long dispatching its ~40 small ops as the matrix products take (model/fast/llama_block.py). k and v are written
 // into the caches [1, Hkv, capacity, D] at position pos; attention reads positions 0..pos.
 torch::Tensor llama_block_step(const torch::Tensor& h, const torch::Tensor& attn_norm, const torch::Tensor& mlp_norm,
                                double eps, const Packed& qkv, const Packed& wo, const Packed& gate_up,
