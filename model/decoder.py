@@ -240,10 +240,6 @@ class Decoder(nn.Module):
         self._inv_freq: torch.Tensor | None = None
 
     @property
-    def head_weight(self) -> torch.Tensor:
-        return self.embed.weight if self.lm_head is None else self.lm_head.weight
-
-    @property
     def d_rope(self) -> int:
         """Dimensions rotated by RoPE: the whole head, or MLA's decoupled rotary part."""
         return self.config.mla.qk_rope_dim if self.config.mla is not None else self.config.d_head

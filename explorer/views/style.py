@@ -16,7 +16,6 @@ CUT = "#BAB0AC"  # tokens the sampler cut
 BACKGROUND_POINTS = "#D5D5D5"  # vocabulary sample in projections
 SEQUENTIAL = "Blues"  # attention, probabilities (0 = white)
 DIVERGING = "RdBu"
-PROB_SCALE = "Viridis"
 
 
 _AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="",
