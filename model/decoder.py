@@ -41,6 +41,8 @@ class BlockInternals:
 
 
 class Norm(nn.Module):
+    """RMSNorm (Llama, Qwen, DeepSeek) or LayerNorm (GPT-2) over the model dimension, with a learned scale."""
+
     def __init__(self, dim: int, kind: str, eps: float) -> None:
         super().__init__()
         self.kind, self.eps = kind, eps
@@ -54,6 +56,9 @@ class Norm(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head attention: each head attends with softmax(q k^T / sqrt(d_head)) over the keys before it. With fewer
+    key/value heads than query heads (grouped-query attention), each KV head serves a group of query heads."""
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer, self.n_heads, self.n_kv_heads, self.d_head = layer, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
@@ -227,6 +232,8 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Token embedding -> n_layers Blocks -> final norm -> head (the embedding matrix again when tied): logits."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg

@@ -146,7 +146,8 @@ def attention(
     window: int | None = None,
     need_probs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Causal attention. q [B, H, Tq, Dk], k [B, Hkv, Tk, Dk], v [B, Hkv, Tk, Dv] -> [B, H, Tq, Dv].
+    """Causal attention, softmax(q k^T * scale, keys after the query masked out) v.
+    q [B, H, Tq, Dk], k [B, Hkv, Tk, Dk], v [B, Hkv, Tk, Dv] -> [B, H, Tq, Dv].
 
     With need_probs the probabilities [B, H, Tq, Tk] are computed eagerly (float32 softmax) and returned;
     without, torch's fused scaled_dot_product_attention does the same math. Keys are the positions 0..Tk-1."""
@@ -171,6 +172,7 @@ def attention(
 
 
 def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The MLP's nonlinearity: SiLU x*sigmoid(x) (SwiGLU models), GELU exact or its tanh approximation (GPT-2), ReLU."""
     if kind == "silu":
         return F.silu(x)
     if kind == "gelu_tanh":
