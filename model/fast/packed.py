@@ -37,13 +37,13 @@ class PackedWeight:
     @classmethod
     def from_stored(cls, raw: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> "PackedWeight | None":
         """raw: a matrix's stored bytes, uint8 [rows, bytes per row]; None for types the kernels do not read."""
-        rows = raw.shape[0]
-        if qtype == gguf.GGMLQuantizationType.Q4_1:  # block: d f16, m f16, 16 bytes of nibbles
+        rows, kind = raw.shape[0], KINDS.get(qtype)
+        if kind == "q4_1":  # block: d f16, m f16, 16 bytes of nibbles
             blocks = raw.reshape(rows, -1, 20)
             d_m = blocks[:, :, :4].contiguous().view(torch.float16).float()  # [rows, nb, 2]: d, m
             return cls("q4_1", blocks[:, :, 4:].reshape(rows, -1).contiguous(), d_m[:, :, 0].contiguous(),
                        d_m[:, :, 1].contiguous())
-        if qtype == gguf.GGMLQuantizationType.Q8_0:  # block: d f16, 32 int8
+        if kind == "q8_0":  # block: d f16, 32 int8
             blocks = raw.reshape(rows, -1, 34)
             d = blocks[:, :, :2].contiguous().view(torch.float16).float()[:, :, 0].contiguous()
             return cls("q8_0", blocks[:, :, 2:].reshape(rows, -1).contiguous().view(torch.int8), d, None)

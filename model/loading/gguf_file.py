@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import gguf
 import torch
 
 from ..config import ModelConfig, UnsupportedModelError, unsupported
 from ..decoder import Decoder
+from ..fast import StoredMatrix
 from ..tokenizer import Tokenizer
 from .gguf_reader import GGUFFile, GGUFFormatError
 from .weights import Rule, Transform, check_sizes, load_weights, split3
@@ -62,14 +61,6 @@ def gguf_rules(cfg: ModelConfig) -> list[Rule]:
             Rule(B + r"attn_(q|k)_norm\.weight", (r"blocks.\1.attn.\2_norm.weight",)),
         ]
     return rules
-
-
-@dataclass(frozen=True)
-class StoredMatrix:
-    """A 2-D weight as the file stores it (e.g. Q4_1 blocks), under the decoder parameter name it fills."""
-
-    qtype: gguf.GGMLQuantizationType
-    read: Callable[[], torch.Tensor]  # its bytes, uint8 [rows, bytes per row], rows moved as the float32 weight's
 
 
 FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
