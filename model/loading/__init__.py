@@ -9,9 +9,9 @@ import torch
 from ..fast import accelerate
 from ..lm import LanguageModel, _pick_device, default_dtype
 from .embedded import EMBEDDED_HUB_ID, EMBEDDED_NAME, embedded_gguf_path
-from ..tokenizer import Tokenizer
 from .gguf_file import load_gguf
 from .gguf_reader import GGUFFile
+from .gguf_tokenizer import gguf_tokenizer
 from .hf_dir import PICKLE_SUFFIXES, load_hf_dir, refuse_pickle
 from .hub import fetch
 from .random_init import RANDOM_PREFIX, load_random
@@ -44,7 +44,7 @@ def load_model(
     if isinstance(source, str) and source.startswith(RANDOM_PREFIX):
         decoder, cfg, name = load_random(source)
         # the embedded model's tokenizer (only its metadata is read); the config shares its vocabulary
-        tokenizer = Tokenizer.from_gguf_metadata(GGUFFile(embedded_gguf_path()).metadata)
+        tokenizer = gguf_tokenizer(GGUFFile(embedded_gguf_path()).metadata)
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ValueError(f"{source}: vocabulary {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
         dev = _pick_device(device)

@@ -16,6 +16,7 @@ from ..decoder import Decoder
 from ..fast import StoredMatrix
 from ..tokenizer import Tokenizer
 from .gguf_reader import GGUFFile, GGUFFormatError
+from .gguf_tokenizer import gguf_tokenizer
 from .weights import Rule, Transform, check_sizes, load_weights, split3
 
 
@@ -73,7 +74,7 @@ def load_gguf(path: Path) -> tuple[Decoder, Tokenizer, str, dict[str, StoredMatr
     name = str(f.metadata.get("general.name") or path.stem)
     try:
         cfg = ModelConfig.from_gguf_metadata(f.metadata, has_output_weight="output.weight" in f.tensors, name=name)
-        tokenizer = Tokenizer.from_gguf_metadata(f.metadata)
+        tokenizer = gguf_tokenizer(f.metadata)
     except UnsupportedModelError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, OverflowError) as e:

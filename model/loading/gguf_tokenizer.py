@@ -12,6 +12,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
+from ..tokenizer import Tokenizer
+
 SUPPORTED_MODELS: tuple[str, ...] = ("gpt2", "llama")
 
 # llama.cpp token types (gguf.TokenType)
@@ -186,4 +188,23 @@ def build_gguf_tokenizer(meta: Mapping[str, Any]) -> GGUFTokenizerParts:
         strip_leading_space=add_space_prefix,
         name=str(meta.get("general.name") or meta.get("general.basename") or "gguf"),
         token_texts={name: tokens[i] for name, i in named_ids.items() if i is not None},
+    )
+
+
+def gguf_tokenizer(meta: Mapping[str, Any], name_or_path: str | None = None) -> Tokenizer:
+    """A Tokenizer from GGUF metadata (key -> value); model types "gpt2" and "llama" are supported."""
+    parts = build_gguf_tokenizer(meta)
+    return Tokenizer(
+        parts.backend,
+        kind=parts.kind,
+        bos_id=parts.bos_id,
+        eos_id=parts.eos_id,
+        special_ids=parts.special_ids,
+        added_ids=parts.added_ids,
+        stop_ids=parts.stop_ids,
+        chat_template=parts.chat_template,
+        name_or_path=name_or_path if name_or_path is not None else parts.name,
+        strip_leading_space=parts.strip_leading_space,
+        vocab_size=parts.vocab_size,
+        special_token_texts=parts.token_texts,
     )

@@ -12,6 +12,7 @@ from safetensors import SafetensorError, safe_open
 from ..config import ModelConfig, UnsupportedModelError, unsupported
 from ..decoder import Decoder
 from ..tokenizer import Tokenizer
+from .hf_tokenizer import hf_tokenizer
 from .weights import WeightLoadError, check_sizes, hf_rules, load_weights
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -72,7 +73,7 @@ def load_hf_dir(folder: Path) -> tuple[Decoder, Tokenizer, str]:
         problem = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
         raise ValueError(f"{folder / 'config.json'} is not a valid config ({problem})") from e
     try:
-        tokenizer = Tokenizer.from_hf_dir(folder)
+        tokenizer = hf_tokenizer(folder)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # e.g. bad UTF-8 or JSON
         raise ValueError(f"{folder}: malformed tokenizer files ({type(e).__name__}: {e})") from e
     except Exception as e:

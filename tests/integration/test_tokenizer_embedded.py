@@ -10,6 +10,8 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import pre_tokenizers
 
 from model.loading.embedded import embedded_gguf_path
+from model.loading.gguf_reader import GGUFFile
+from model.loading.gguf_tokenizer import gguf_tokenizer
 from model.tokenizer import Tokenizer
 
 # transformers' GGUF conversion has no pre-tokenizer for tokenizer.ggml.pre = "smollm": it falls back to GPT-2's
@@ -41,7 +43,7 @@ DIGIT_AFTER_SPACES = ["x  12 y", "a\n\n1. item", "    1 + 1", "total:\t\t42"]
 
 @pytest.fixture(scope="module")
 def ours() -> Tokenizer:
-    return Tokenizer.from_gguf(embedded_gguf_path())
+    return gguf_tokenizer(GGUFFile(embedded_gguf_path()).metadata)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
+from model.loading.gguf_tokenizer import gguf_tokenizer
+from model.loading.hf_tokenizer import hf_tokenizer
 from model.tokenizer import Encoding, Tokenizer, bytes_to_unicode
 
 SMOLLM_TEMPLATE = (
@@ -62,7 +64,7 @@ def byte_level_meta(pre: str = "smollm", **extra: object) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def bpe() -> Tokenizer:
-    return Tokenizer.from_gguf_metadata(byte_level_meta())
+    return gguf_tokenizer(byte_level_meta())
 
 
 # ---- byte-level BPE from GGUF metadata ------------------------------------------------------------
@@ -113,7 +115,7 @@ def test_digits_are_split_individually_for_smollm(bpe: Tokenizer) -> None:
     ],
 )
 def test_pre_tokenizer_variants(pre: str, expected: list[str]) -> None:
-    tok = Tokenizer.from_gguf_metadata(byte_level_meta(pre))
+    tok = gguf_tokenizer(byte_level_meta(pre))
     assert tok.token_strings(tok.encode("1234")) == expected
     assert tok.decode(tok.encode(TRICKY[2])) == TRICKY[2]
 
@@ -121,8 +123,8 @@ def test_pre_tokenizer_variants(pre: str, expected: list[str]) -> None:
 def test_llama3_adds_bos_by_default_and_qwen2_normalizes_nfc() -> None:
     meta = byte_level_meta("llama-bpe")
     del meta["tokenizer.ggml.add_bos_token"]
-    assert Tokenizer.from_gguf_metadata(meta).encode("the")[0] == 1
-    qwen = Tokenizer.from_gguf_metadata(byte_level_meta("qwen2"))
+    assert gguf_tokenizer(meta).encode("the")[0] == 1
+    qwen = gguf_tokenizer(byte_level_meta("qwen2"))
     assert qwen.decode(qwen.encode("e\u0301")) == "é"
 
 
@@ -152,14 +154,14 @@ def test_analyse_offsets_and_specials(bpe: Tokenizer) -> None:
 
 
 def test_bos_handling() -> None:
-    with_bos = Tokenizer.from_gguf_metadata(byte_level_meta(**{"tokenizer.ggml.add_bos_token": True}))
+    with_bos = gguf_tokenizer(byte_level_meta(**{"tokenizer.ggml.add_bos_token": True}))
     assert with_bos.encode("the") == [1, *with_bos.encode("the", add_special_tokens=False)]
     assert with_bos.analyse("the").offsets[0] == (0, 0)
     assert with_bos.decode(with_bos.encode("the"), skip_special_tokens=True) == "the"
     assert with_bos.decode(with_bos.encode("the")) == "<|im_start|>the"
-    without = Tokenizer.from_gguf_metadata(byte_level_meta())
+    without = gguf_tokenizer(byte_level_meta())
     assert without.encode("the") == without.encode("the", add_special_tokens=False)
-    with_eos = Tokenizer.from_gguf_metadata(byte_level_meta(**{"tokenizer.ggml.add_eos_token": True}))
+    with_eos = gguf_tokenizer(byte_level_meta(**{"tokenizer.ggml.add_eos_token": True}))
     assert with_eos.encode("the")[-1] == 2
 
 
@@ -169,7 +171,7 @@ def test_stop_ids_from_metadata_and_text() -> None:
     meta["tokenizer.ggml.token_type"] = [*meta["tokenizer.ggml.token_type"], 3, 1]  # type: ignore[list-item]
     n = len(meta["tokenizer.ggml.tokens"])  # type: ignore[arg-type]
     meta["tokenizer.ggml.eom_token_id"] = 10  # any id named by the metadata counts
-    tok = Tokenizer.from_gguf_metadata(meta)
+    tok = gguf_tokenizer(meta)
     # "<|end|>" is a normal token here, so its text alone does not make it a stop
     assert tok.stop_ids == frozenset({0, 2, 10, n - 2})
 
@@ -178,7 +180,7 @@ def test_user_defined_tokens_kept_whole_but_not_special() -> None:
     meta = byte_level_meta()
     meta["tokenizer.ggml.tokens"] = [*meta["tokenizer.ggml.tokens"], "<think>"]  # type: ignore[list-item]
     meta["tokenizer.ggml.token_type"] = [*meta["tokenizer.ggml.token_type"], 4]  # type: ignore[list-item]
-    tok = Tokenizer.from_gguf_metadata(meta)
+    tok = gguf_tokenizer(meta)
     ids = tok.encode("a<think>b")
     assert len(ids) == 3 and tok.token_strings(ids)[1] == "<think>"
     assert not tok.is_special(ids[1])
@@ -190,7 +192,7 @@ def test_special_text_keeps_its_bytes_in_decode() -> None:
     meta = byte_level_meta()
     meta["tokenizer.ggml.tokens"] = [*meta["tokenizer.ggml.tokens"], "<|café|>"]  # type: ignore[list-item]
     meta["tokenizer.ggml.token_type"] = [*meta["tokenizer.ggml.token_type"], 3]  # type: ignore[list-item]
-    tok = Tokenizer.from_gguf_metadata(meta)
+    tok = gguf_tokenizer(meta)
     ids = tok.encode("x<|café|>")
     assert tok.token_bytes(ids[-1]) == "<|café|>".encode()
     assert tok.decode(ids) == "x<|café|>"
@@ -199,7 +201,7 @@ def test_special_text_keeps_its_bytes_in_decode() -> None:
 
 def test_unsupported_model_type() -> None:
     with pytest.raises(ValueError, match="gpt2.*llama"):
-        Tokenizer.from_gguf_metadata(byte_level_meta() | {"tokenizer.ggml.model": "t5"})
+        gguf_tokenizer(byte_level_meta() | {"tokenizer.ggml.model": "t5"})
 
 
 def test_ids_out_of_range(bpe: Tokenizer) -> None:
@@ -248,7 +250,7 @@ def spm() -> Tokenizer:
         "tokenizer.ggml.eos_token_id": 2,
         "tokenizer.ggml.unknown_token_id": 0,
     }
-    return Tokenizer.from_gguf_metadata(meta)
+    return gguf_tokenizer(meta)
 
 
 def test_spm_encode_adds_bos_and_prefix_space(spm: Tokenizer) -> None:
@@ -292,7 +294,7 @@ def test_spm_merges_follow_scores() -> None:
         "tokenizer.ggml.scores": scores,
         "tokenizer.ggml.add_bos_token": False,
     }
-    tok = Tokenizer.from_gguf_metadata(meta)
+    tok = gguf_tokenizer(meta)
     assert tok.token_strings(tok.encode("ab a")) == ["▁ab", "▁a"]
     # no byte tokens and no unknown_token_id: llama.cpp's default <unk> (id 0) stands for the character
     assert tok.token_strings(tok.encode("c")) == ["▁", "<unk>"]
@@ -321,10 +323,10 @@ def write_hf_dir(folder: Path, config: dict[str, object], post: processors.PostP
 
 def test_hf_dir_like_smollm2(tmp_path: Path) -> None:
     config = {"bos_token": "<|im_start|>", "eos_token": {"content": "<|im_end|>"}, "chat_template": SMOLLM_TEMPLATE}
-    tok = Tokenizer.from_hf_dir(write_hf_dir(tmp_path, config))
+    tok = hf_tokenizer(write_hf_dir(tmp_path, config))
     assert (tok.bos_id, tok.eos_id, tok.stop_ids) == (1, 2, frozenset({0, 2}))
     assert tok.name_or_path == str(tmp_path) and tok.vocab_size == 3 + 256 + len(MERGES)
-    gguf_tok = Tokenizer.from_gguf_metadata(byte_level_meta())
+    gguf_tok = gguf_tokenizer(byte_level_meta())
     for text in TRICKY:
         assert tok.encode(text) == gguf_tok.encode(text)
         assert tok.decode(tok.encode(text)) == text
@@ -336,14 +338,14 @@ def test_hf_dir_like_smollm2(tmp_path: Path) -> None:
 
 def test_hf_dir_bos_from_post_processor_or_config(tmp_path: Path) -> None:
     template = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
-    tok = Tokenizer.from_hf_dir(write_hf_dir(tmp_path / "a", {"bos_token": "<|im_start|>"}, post=template))
+    tok = hf_tokenizer(write_hf_dir(tmp_path / "a", {"bos_token": "<|im_start|>"}, post=template))
     assert tok.encode("the")[0] == 1 and tok.encode("the", add_special_tokens=False)[0] != 1
     configured = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": True, "add_eos_token": True}
-    tok = Tokenizer.from_hf_dir(write_hf_dir(tmp_path / "b", configured))
+    tok = hf_tokenizer(write_hf_dir(tmp_path / "b", configured))
     ids = tok.encode("the")
     assert ids[0] == 1 and ids[-1] == 2
     off = {"bos_token": "<|im_start|>", "add_bos_token": False}
-    assert Tokenizer.from_hf_dir(write_hf_dir(tmp_path / "c", off, post=template)).encode("the")[0] != 1
+    assert hf_tokenizer(write_hf_dir(tmp_path / "c", off, post=template)).encode("the")[0] != 1
 
 
 def test_hf_dir_special_map_and_template_file(tmp_path: Path) -> None:
@@ -351,17 +353,17 @@ def test_hf_dir_special_map_and_template_file(tmp_path: Path) -> None:
     special_map = {"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}
     (folder / "special_tokens_map.json").write_text(json.dumps(special_map))
     (folder / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    tok = Tokenizer.from_hf_dir(folder)
+    tok = hf_tokenizer(folder)
     assert tok.eos_id == 2 and tok.bos_id == 1
     assert tok.apply_chat_template([{"role": "user", "content": "x"}]) == "<|im_start|>x"
 
 
 def test_hf_dir_named_templates_and_missing_file(tmp_path: Path) -> None:
     named = [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]
-    tok = Tokenizer.from_hf_dir(write_hf_dir(tmp_path / "a", {"chat_template": named}))
+    tok = hf_tokenizer(write_hf_dir(tmp_path / "a", {"chat_template": named}))
     assert tok.apply_chat_template([]) == "D"
     with pytest.raises(FileNotFoundError):
-        Tokenizer.from_hf_dir(tmp_path / "nothing")
+        hf_tokenizer(tmp_path / "nothing")
 
 
 def test_hf_dir_sentencepiece(tmp_path: Path) -> None:
@@ -379,7 +381,7 @@ def test_hf_dir_sentencepiece(tmp_path: Path) -> None:
     tmp_path.mkdir(exist_ok=True)
     backend.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
-    tok = Tokenizer.from_hf_dir(tmp_path)
+    tok = hf_tokenizer(tmp_path)
     ids = tok.encode("hello é")
     assert tok.token_strings(ids) == ["<s>", "▁hello", "▁", "<0xC3>", "<0xA9>"]
     assert [tok.token_bytes(i) for i in ids[1:]] == [b" hello", b" ", b"\xc3", b"\xa9"]
@@ -415,14 +417,14 @@ def test_chat_template_environment() -> None:
         "{% generation %}G{% endgeneration %}"
         "{% if messages | length > 1 %}{{ raise_exception('only one message') }}{% endif %}"
     )
-    tok = Tokenizer.from_gguf_metadata(byte_level_meta(**{"tokenizer.chat_template": template}))
+    tok = gguf_tokenizer(byte_level_meta(**{"tokenizer.chat_template": template}))
     # trim_blocks/lstrip_blocks drop the block lines; tojson keeps non-ASCII and "<" unescaped
     assert tok.apply_chat_template([{"role": "user", "content": "<é>"}]) == (
         '<|im_start|>{"role": "user", "content": "<é>"}<|im_end|>G'
     )
     with pytest.raises(jinja2.exceptions.TemplateError, match="only one message"):
         tok.apply_chat_template([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
-    sandboxed = Tokenizer.from_gguf_metadata(
+    sandboxed = gguf_tokenizer(
         byte_level_meta(**{"tokenizer.chat_template": "{{ messages.append(1) }}"})
     )
     with pytest.raises(jinja2.exceptions.SecurityError):
@@ -432,7 +434,7 @@ def test_chat_template_environment() -> None:
 def test_no_chat_template() -> None:
     meta = byte_level_meta()
     del meta["tokenizer.chat_template"]
-    tok = Tokenizer.from_gguf_metadata(meta)
+    tok = gguf_tokenizer(meta)
     assert tok.chat_template is None
     with pytest.raises(ValueError, match="chat template"):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
