@@ -234,6 +234,10 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     """Token embedding -> n_layers Blocks -> final norm -> head (the embedding matrix again when tied): logits."""
 
+    # The MoE router chooses between experts whose scores can differ by less than a bf16 step: as in DeepSeek's
+    # reference code and transformers, its weight and correction bias stay float32 whatever the model's dtype.
+    FLOAT32 = ("mlp.router.weight", "mlp.router_bias")
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -245,6 +249,20 @@ class Decoder(nn.Module):
         self.norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self._inv_freq: torch.Tensor | None = None
+
+    def cast(self, device: torch.device, dtype: torch.dtype) -> "Decoder":
+        """This decoder on device, in dtype but for the tensors named in FLOAT32, which stay float32."""
+        tensors = [*self.named_parameters(), *self.named_buffers()]
+        keep = {name: t.detach().float().clone() for name, t in tensors if name.endswith(self.FLOAT32)}
+        self.to(device=device, dtype=dtype)
+        for name, t in keep.items():
+            owner, _, attr = name.rpartition(".")
+            module = self.get_submodule(owner)
+            if attr in module._parameters:
+                setattr(module, attr, nn.Parameter(t.to(device), requires_grad=False))
+            else:
+                setattr(module, attr, t.to(device))
+        return self
 
     @property
     def d_rope(self) -> int:

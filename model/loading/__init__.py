@@ -48,7 +48,7 @@ def load_model(
         if tokenizer.vocab_size > cfg.vocab_size:
             raise ValueError(f"{source}: vocabulary {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}")
         dev = _pick_device(device)
-        decoder = decoder.to(device=dev, dtype=resolve_dtype(dtype, dev))
+        decoder = decoder.cast(dev, resolve_dtype(dtype, dev))
         return LanguageModel(decoder, tokenizer, name=name, source=source, random_weights=True,
                              fast_paths=accelerate(decoder, {}))
     if source is None:
@@ -73,6 +73,6 @@ def load_model(
     else:
         raise FileNotFoundError(f"no such model file or directory: {source}")
     dev = _pick_device(device)
-    decoder = decoder.to(device=dev, dtype=resolve_dtype(dtype, dev))
+    decoder = decoder.cast(dev, resolve_dtype(dtype, dev))
     return LanguageModel(decoder, tokenizer, name=label or name, source=str(source or path),
                          fast_paths=accelerate(decoder, stored))

@@ -113,7 +113,8 @@ def assign(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Decoder:
     if bad:
         raise WeightLoadError("tensor shapes do not match the config: " + "; ".join(bad[:8]))
     dtype = next(iter(state.values())).dtype
-    decoder.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    state = {k: v.float() if k.endswith(Decoder.FLOAT32) else v.to(dtype) for k, v in state.items()}
+    decoder.load_state_dict(state, strict=True, assign=True)
     return decoder
 
 
@@ -136,8 +137,8 @@ def hf_rules(cfg: ModelConfig) -> tuple[list[Rule], tuple[str, ...]]:
             Rule(p + r"h\.(\d+)\.mlp\.c_proj\.bias", (r"blocks.\1.mlp.w_down.bias",)),
             Rule(p + r"ln_f\.(weight|bias)", (r"norm.\1",)),
         ]
-        # attn.bias / masked_bias are causal-mask buffers saved by old versions; lm_head is tied to wte
-        return rules, (p + r"h\.\d+\.attn\.(?:masked_)?bias", r"lm_head\.weight")
+        # attn.bias / masked_bias are causal-mask buffers saved by old versions
+        return rules + head_rules(cfg), (p + r"h\.\d+\.attn\.(?:masked_)?bias",) + head_ignore(cfg)
     L = r"model\.layers\.(\d+)\."
     if cfg.family == "deepseek_v3":
         return deepseek_rules(cfg, L)
