@@ -3,12 +3,21 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test touches the network, even by accident
+# tests write only to temporary folders: Hypothesis keeps no example database, and its caches go to a folder removed
+# at exit (set before any test runs, when Hypothesis first looks for it)
+_HYPOTHESIS_HOME = tempfile.TemporaryDirectory(prefix="explorer-hypothesis-")
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", _HYPOTHESIS_HOME.name)
 
 import pytest
+from hypothesis import settings
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+settings.register_profile("explorer", database=None)
+settings.load_profile("explorer")
 
 
 def write_tiny_tokenizer(folder: Path) -> None:

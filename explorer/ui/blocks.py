@@ -11,7 +11,7 @@ import gradio as gr
 
 from explorer.model_thread import MODEL_THREAD
 from explorer.session import Session
-from explorer.ui.api import Generation, GenerationRequest, api_generate, api_stats
+from explorer.ui.api import GenerationRequest, api_generate, api_stats
 from explorer.analysis import stage_values
 from explorer.ui.architecture_tab import ArchitectureTab
 from explorer.ui.attention_tab import AttentionTab
@@ -49,6 +49,16 @@ def live_stages(lm: LanguageModel):
     return stages
 
 
+def finish_message(reason: str | None, n_tokens: int, rate: float, time_limit: float) -> str:
+    """The status line once a generation has ended, saying why (a finish reason of explorer/generations.py)."""
+    if reason == "stopped":
+        return f"Stopped after {n_tokens} tokens"
+    if reason == "time":
+        return f"Stopped: time limit ({time_limit:g} s) reached after {n_tokens} tokens"
+    why = {"stop": " (end of text)", "length": " (token limit)"}.get(reason or "", "")
+    return f"Done: {n_tokens} tokens at {rate:.1f} tok/s{why}"
+
+
 def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
     tok = lm.tokenizer
 
@@ -77,7 +87,10 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             top_k = gr.Slider(0, limits.max_top_k, value=50, step=1, label="Top-k (0 = off)", elem_id="top-k")
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="top-p")
             seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", minimum=0, maximum=2**31 - 1)
-            greedy = gr.Checkbox(label="Greedy", value=False, elem_id="greedy")
+            with gr.Column(min_width=160):
+                greedy = gr.Checkbox(label="Greedy", value=False, elem_id="greedy")
+                # off: the model writes on past an end-of-text token, until max new tokens, the time limit or Stop
+                stop_at_eos = gr.Checkbox(label="Stop at end-of-text", value=True, elem_id="stop-at-eos")
         with gr.Row():
             generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
             stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
@@ -105,14 +118,14 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         # plots of all tabs are outputs too), so the per-token updates carry only the text and the status.
         refresher = gr.Timer(limits.refresh_seconds, active=False)
 
-        def on_generate(text, use_chat, n_new, temp, k, p, seed_value, is_greedy, s: Session) -> Iterator[dict]:
-            request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, limits)
+        def on_generate(text, use_chat, n_new, temp, k, p, seed_value, is_greedy, eos, s: Session) -> Iterator[dict]:
+            request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, eos, limits)
             ids = request.prompt_ids(lm, limits)
             s.start(ids, request.settings())
             yield {state: s, output: render_output(s), status: "Generating…", refresher: gr.Timer(active=True)}
             started = time.monotonic()
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
-            generation = Generation(lm, ids, request, limits, record=True, should_stop=lambda: s.stop_requested)
+            generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stop_requested)
             for steps in generation.follow(limits.text_hz):
                 if s.stop_requested:
                     break  # before adding: Stop has already shown the text as it was
@@ -122,16 +135,13 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                        status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
             s.generating = False
             rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
-            reason = s.steps[-1].finish_reason if s.steps else None
-            if s.stop_requested:
-                message = f"Stopped after {len(s.steps)} tokens"
-            else:
-                message = f"Done: {len(s.steps)} tokens at {rate:.1f} tok/s" + (" (end of text)" if reason == "stop" else "")
+            reason = "stopped" if s.stop_requested else generation.finish_reason
+            message = finish_message(reason, len(s.steps), rate, limits.time_limit_seconds)
             yield {output: render_output(s), status: message, refresher: gr.Timer(active=False)}
 
         def on_tick(s: Session) -> dict:
             if not s.generating or s.rendered_steps == len(s.steps) or time.monotonic() < s.next_refresh:
-                return {}
+                return gr.skip()
             s.rendered_steps = len(s.steps)
             start = time.monotonic()
             update = render_tab(s)
@@ -143,9 +153,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
         everything = [state, output, status] + tab_outputs
         gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
-                                                 state], [state, output, status, refresher], api_visibility="private",
-                                   show_progress="hidden", concurrency_limit=limits.max_concurrent,
-                                   concurrency_id="generate")
+                                                 stop_at_eos, state], [state, output, status, refresher],
+                                   api_visibility="private", show_progress="hidden",
+                                   concurrency_limit=limits.max_concurrent, concurrency_id="generate")
         gen_event.then(render_tab, [state], tab_outputs, api_visibility="private", show_progress="hidden")
         # "once": a tick that comes while the last render still runs is dropped, so slow renders thin themselves out
         refresher.tick(on_tick, [state], tab_outputs, api_visibility="private", show_progress="hidden",
@@ -154,15 +164,18 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         def on_stop(s: Session) -> dict:
             s.stop_requested = True
             s.generating = False
-            return {output: render_output(s), status: f"Stopped after {len(s.steps)} tokens", **render_tab(s)}
+            message = finish_message("stopped", len(s.steps), 0.0, limits.time_limit_seconds)
+            # the cancelled generation never sends its last update, which stops the refresher: stop it here
+            return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **render_tab(s)}
 
-        stop.click(on_stop, [state], everything, cancels=[gen_event], api_visibility="private", queue=False)
+        stop.click(on_stop, [state], everything + [refresher], cancels=[gen_event], api_visibility="private",
+                   queue=False)
 
         def on_select(value: Any, s: Session) -> dict:
             try:
                 s.selected = int(value)
             except (TypeError, ValueError):
-                return {}
+                return gr.skip()
             return {output: render_output(s), **render_tab(s)}
 
         position = gr.Number(visible=False)

@@ -43,7 +43,8 @@ class TokensTab:
         if not s.has_content:
             return [f"<p>{EMPTY_HINT}</p>", placeholder(EMPTY_HINT), ""]
         ids, tok = s.ids, self.lm.tokenizer
-        logprobs = self.logprobs(s)
+        # cut to ids: while a live refresh renders, the generation may add steps after ids was read
+        logprobs = self.logprobs(s)[: len(ids) - 1]
         selected = s.selected if s.selected is not None else len(ids) - 1
         prompt_text = tok.decode(s.prompt_ids)
         return [

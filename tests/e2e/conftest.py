@@ -1,20 +1,24 @@
-"""The real app on a free local port, driven by Playwright through Debian's Chromium (no `playwright install`)."""
+"""The real app on a free local port, driven by Playwright through Debian's Chromium (no `playwright install`). A test
+fails when an app that runs under it logs a traceback."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "tests" / "e2e" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--enable-unsafe-swiftshader"]
+HANG = 120.0  # seconds: the bound of every wait in these tests (pages included); only a hang reaches it
 
 
 def free_port() -> int:
@@ -24,31 +28,77 @@ def free_port() -> int:
 
 
 def start_app(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """The app started with these command-line arguments and environment, once it answers; what it prints goes to an
+    unnamed temporary file (server_log reads it), never a pipe that could fill up and block it."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            **(env or {})}
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + HANG
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the app exited: {proc.stdout.read()}")
+            raise RuntimeError(f"the app exited: {server_log(proc)}")
         try:
             urllib.request.urlopen(url, timeout=2)
             return proc, url
         except OSError:
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError("the app did not start within 90 s")
+    raise RuntimeError(f"the app did not start within {HANG:.0f} s")
+
+
+def server_log(proc: subprocess.Popen, start: int = 0) -> str:
+    """What the app printed from byte `start` on."""
+    return os.pread(proc.log.fileno(), 1 << 24, start).decode(errors="replace")
+
+
+RUNNING: list[subprocess.Popen] = []  # the apps of running_app, whose logs every test checks
+
+
+@contextlib.contextmanager
+def running_app(*args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """The app's URL while it runs: start_app's arguments; it is stopped on leaving."""
+    proc, url = start_app(*args, env=env)
+    RUNNING.append(proc)
+    try:
+        yield url
+    finally:
+        RUNNING.remove(proc)
+        proc.terminate()
+        proc.wait(timeout=HANG)
+        proc.log.close()
+
+
+def tracebacks(log: str) -> list[str]:
+    """The tracebacks in a log, each up to its exception's line, except those of a gr.Error (a user's mistake, told
+    in a sentence; Gradio logs it too)."""
+    found = []
+    for part in log.split("Traceback (most recent call last):")[1:]:
+        lines = part.splitlines()
+        end = next((i for i, line in enumerate(lines) if line and not line[0].isspace()), len(lines) - 1)
+        if not lines[end].startswith("gradio.exceptions.Error"):
+            found.append("\n".join(lines[max(0, end - 12):end + 1]))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_in_server_logs():
+    """Nothing broken reaches the screen: a traceback in the log of a running app while a test ran fails it."""
+    sizes = {proc.pid: os.fstat(proc.log.fileno()).st_size for proc in RUNNING}
+    yield
+    for proc in RUNNING:
+        if found := tracebacks(server_log(proc, sizes.get(proc.pid, 0))):
+            pytest.fail("the app logged a traceback during this test:\n" + "\n---\n".join(found))
 
 
 @pytest.fixture(scope="session")
 def app_url():
-    proc, url = start_app()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +116,7 @@ def browser():
 def open_page(browser, url: str):
     """A fresh browser context on the app, ready to use; page.js_errors collects uncaught page errors."""
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    context.set_default_timeout(HANG * 1000)
     page = context.new_page()
     page.js_errors = []
     page.on("pageerror", lambda e: page.js_errors.append(str(e)))
@@ -82,6 +133,10 @@ def page(browser, app_url):
 
 
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path_factory) -> Path:
+    """Where tests save screenshots: the folder named by EXPLORER_SCREENSHOTS to keep them, else a temporary one."""
+    folder = os.environ.get("EXPLORER_SCREENSHOTS")
+    if not folder:
+        return tmp_path_factory.mktemp("screenshots")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(folder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import open_page, start_app
+from tests.e2e.conftest import open_page, running_app
 from tests.e2e.test_app import plot_points, set_prompt, wait_done
 
 HAS_DATA = ("(sel) => { const el = document.querySelector(sel + ' .js-plotly-plot');"
@@ -13,10 +13,8 @@ HAS_DATA = ("(sel) => { const el = document.querySelector(sel + ' .js-plotly-plo
 
 @pytest.fixture(scope="module")
 def moe_url():
-    proc, url = start_app("--model", "random:deepseek-v3-mini")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    with running_app("--model", "random:deepseek-v3-mini") as url:
+        yield url
 
 
 @pytest.fixture()
@@ -34,7 +32,7 @@ def test_experts_and_architecture_tabs_render_for_the_random_deepseek(moe_page, 
     wait_done(page)
     page.get_by_role("tab", name="Experts").click()
     for plot in ("#experts-choice", "#experts-token", "#experts-scores", "#experts-load", "#experts-shared"):
-        page.wait_for_function(HAS_DATA, arg=plot, timeout=30000)
+        page.wait_for_function(HAS_DATA, arg=plot)
         assert plot_points(page, plot) > 0, plot
     shape = page.evaluate("() => { const z = document.querySelector('#experts-choice .js-plotly-plot')"
                           "._fullData[0].z; return [z.length, z[0].length]; }")
@@ -42,13 +40,12 @@ def test_experts_and_architecture_tabs_render_for_the_random_deepseek(moe_page, 
     assert shape == [5, 5 + generated]  # MoE layers 1-5 x every token of the context (5 prompt tokens)
     page.screenshot(path=str(screenshots / "moe-experts.png"), full_page=True)
     page.get_by_role("tab", name="Attention").click()
-    page.wait_for_function(HAS_DATA, arg="#attn-latent", timeout=30000)
+    page.wait_for_function(HAS_DATA, arg="#attn-latent")
     page.get_by_role("tab", name="Architecture").click()
-    page.wait_for_function("() => document.querySelector('#arch-diagram')?.innerText.includes('MoE')",
-                           timeout=30000)
+    page.wait_for_function("() => document.querySelector('#arch-diagram')?.innerText.includes('MoE')")
     diagram = page.inner_text("#arch-diagram")
     assert "32 experts" in diagram and "latent" in diagram.lower() and "live values" in diagram
-    page.wait_for_function(HAS_DATA, arg="#arch-params", timeout=30000)
+    page.wait_for_function(HAS_DATA, arg="#arch-params")
     page.screenshot(path=str(screenshots / "moe-architecture.png"), full_page=True)
     assert not errors
 
@@ -58,10 +55,9 @@ def test_architecture_tab_draws_kimi_k2_from_its_config(moe_page, screenshots):
     page.get_by_role("tab", name="Architecture").click()
     page.locator("#arch-show input").click()
     page.get_by_role("option", name="Kimi-K2 (config only, 1T parameters)").click()
-    page.wait_for_function("() => document.querySelector('#arch-diagram')?.innerText.includes('Kimi-K2')",
-                           timeout=30000)
+    page.wait_for_function("() => document.querySelector('#arch-diagram')?.innerText.includes('Kimi-K2')")
     diagram = page.inner_text("#arch-diagram")
     assert "1.03T" in diagram and "384 experts" in diagram and "61 layers" in diagram.replace("layers 1–60", "")
-    page.wait_for_function(HAS_DATA, arg="#arch-params", timeout=30000)
+    page.wait_for_function(HAS_DATA, arg="#arch-params")
     page.screenshot(path=str(screenshots / "kimi-k2-architecture.png"), full_page=True)
     assert not errors

@@ -8,7 +8,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -65,14 +64,13 @@ def test_missing_file_and_directory_without_config(tmp_path):
         load_model(tmp_path)
 
 
-def test_hub_id_offline_fails_fast_with_advice():
+def test_hub_id_offline_fails_with_advice(tmp_path):
     code = ("from model import load_model\n"
             "try:\n    load_model('some-org/some-model-that-is-not-cached')\n"
             "except Exception as e:\n    print(type(e).__name__, e)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/tmp/explorer-test-empty-hf-home"}
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert time.perf_counter() - start < 30
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")}
+    # a bound only a hang reaches (retrying a network that is not there, say)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.startswith("HubUnavailableError"), out.stdout + out.stderr
     assert "hf download some-org/some-model-that-is-not-cached" in out.stdout
 

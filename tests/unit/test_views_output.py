@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-import time
 from dataclasses import dataclass
 
 import pytest
@@ -73,11 +72,9 @@ def test_split_characters_and_special_tokens(embedded_lm):
     assert 'class="tok sp"' in output_html(tokenizer, prompt_ids, steps)
 
 
-def test_render_time_for_a_long_output(embedded_lm):
+def test_a_long_output_is_one_compact_span_per_token(embedded_lm):
     tokenizer = embedded_lm.tokenizer
     ids = (tokenizer.encode("The quick brown fox jumps over the lazy dog, again and again.\n") * 30)[:300]
     steps = [FakeStep(i, (k % 10) / 10, 20 + k) for k, i in enumerate(ids[20:])]
-    start = time.perf_counter()
     out = output_html(tokenizer, ids[:20], steps)
-    assert time.perf_counter() - start < 0.3
     assert len(_spans(out)) == 280 and len(out) < 110 * 300

@@ -1,0 +1,130 @@
+"""Generations scheduled on the model thread (explorer/model_thread.py), a token at a time, with the reason each one
+ended; and the server-wide count of running and ended generations that /stats reports."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable, Iterator
+
+from explorer.model_thread import MODEL_THREAD
+from model import LanguageModel
+
+FINISH_REASONS = {
+    "stop": "an end-of-text token",  # what Step.finish_reason says
+    "length": "the token limit (max new tokens, or the server's total context)",
+    "time": "the server's time limit",
+    "stopped": "Stop, a closed tab or a cancelled request",
+    "error": "an error, raised to the reader",
+}
+
+
+class ActiveGenerations:
+    """Generations running now, and those ended so far by reason with their tokens (the /stats endpoint reports
+    them; tests check that Stop, a closed tab, a cancelled request or the time limit really end one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.ended: Counter[str] = Counter()
+        self.tokens = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def leave(self, reason: str, n_tokens: int) -> None:
+        with self._lock:
+            self.count -= 1
+            self.ended[reason] += 1
+            self.tokens += n_tokens
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(active_generations=self.count, ended_generations=dict(self.ended),
+                        generated_tokens=self.tokens)
+
+
+ACTIVE = ActiveGenerations()
+
+
+class Generation:
+    """One request's generation, advanced a token at a time on the model thread, so that the model never waits for
+    the web server (Gradio pauses a streaming handler while it sends each update) and concurrent generations take
+    turns. Readers follow the steps at their own pace; finish_reason says why it ended (a key of FINISH_REASONS,
+    None while it runs)."""
+
+    def __init__(self, lm: LanguageModel, ids: list[int], settings: dict[str, Any], time_limit: float,
+                 record: bool = False, should_stop: Callable[[], bool] = lambda: False,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        """settings: keyword arguments of LanguageModel.generate (max_new_tokens, temperature, ..., stop_at_eos);
+        time_limit: seconds from now after which no new token starts; clock and sleep: tests pass a fake clock."""
+        self.steps: list[Any] = []
+        self.error: BaseException | None = None
+        self.finish_reason: str | None = None
+        self._stop = threading.Event()
+        self._news = threading.Condition()
+        self._should_stop = should_stop
+        self._clock, self._sleep = clock, sleep
+        self._deadline = clock() + time_limit
+        # a generator object: nothing runs until the model thread asks for the first token
+        self._tokens = lm.generate(ids, record=record, **settings)
+        ACTIVE.enter()  # counted from now until the last token, so /stats never misses a queued one
+        MODEL_THREAD.submit(self._advance)
+
+    def _advance(self) -> None:
+        """One token, then back of the model thread's queue for the next (other sessions and renders go between)."""
+        try:
+            reason = self._next_token()
+        except BaseException as e:  # handed to the reader, who raises it
+            self.error, reason = e, "error"
+        if reason is None:
+            MODEL_THREAD.submit(self._advance)
+            return
+        self._tokens.close()  # frees the KV cache and the recorder now, not at garbage collection
+        ACTIVE.leave(reason, len(self.steps))
+        with self._news:
+            self.finish_reason = reason
+            self._news.notify_all()
+
+    def _next_token(self) -> str | None:
+        """Computes the next token unless asked to stop; the reason to end, or None to go on."""
+        if self._stop.is_set() or self._should_stop():
+            return "stopped"
+        step = next(self._tokens, None)
+        if step is None:  # no room for a single new token (the prompt fills the context)
+            return "length"
+        with self._news:
+            self.steps.append(step)
+            self._news.notify_all()
+        if step.finish_reason is not None:
+            return step.finish_reason
+        return "time" if self._clock() > self._deadline else None
+
+    def stop(self) -> None:
+        """End at the next token (Stop, a closed tab, a cancelled request): at most the token being computed now
+        is added."""
+        self._stop.set()
+
+    def follow(self, hz: float) -> Iterator[list[Any]]:
+        """The steps so far, each time there are new ones but at most hz times a second, until the end (the last
+        list comes once finish_reason is set); a reader that goes away (a closed generator) stops the generation."""
+        seen, next_time = 0, float("-inf")
+        try:
+            while True:
+                with self._news:
+                    self._news.wait_for(lambda: len(self.steps) > seen or self.finish_reason is not None)
+                    done = self.finish_reason is not None
+                delay = next_time - self._clock()
+                if delay > 0 and not done:
+                    self._sleep(delay)
+                n = len(self.steps)
+                if n > seen or done:
+                    seen, next_time = n, self._clock() + 1 / hz
+                    yield self.steps[:n]
+                if done:
+                    break
+        finally:
+            self.stop()
+        if self.error is not None:
+            raise self.error
