@@ -131,7 +131,7 @@ def test_router_keeps_float32_as_transformers_does(tmp_path):
                 layer.mlp.gate.weight.zero_()
                 layer.mlp.gate.e_score_correction_bias.copy_(3 + 1e-3 * torch.randperm(16).float())
     folder = save(hf, tmp_path)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16,
+    reference = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, local_files_only=True,
                                                                   attn_implementation="eager").eval()
     lm = load_model(folder, device="cpu", dtype="bfloat16")
     ref = capture(reference, IDS)
