@@ -1,6 +1,9 @@
-// Clicking a token anywhere (a text chip or a point of a plot) selects it everywhere: the position goes into
-// window.__explorerPos and a click on the hidden #select-token button, whose event reads it (see blocks.py).
+// The page's own behaviour: a click on a token anywhere (a text chip or a point of a plot) selects it everywhere;
+// Ctrl+Enter in the prompt generates; the output strip follows new text unless the reader scrolled up in it.
+
 (() => {
+  // selection: the position goes into window.__explorerPos and a click on the hidden #select-token button, whose
+  // event reads it (see blocks.py)
   function select(pos) {
     const button = document.querySelector("#select-token");
     if (!button || pos === undefined || pos === null || Number.isNaN(Number(pos))) return;
@@ -11,6 +14,15 @@
     const chip = event.target.closest && event.target.closest(".tok[data-pos]");
     if (chip) select(chip.dataset.pos);
   });
+
+  document.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    if (!(event.target.closest && event.target.closest("#prompt"))) return;
+    event.preventDefault();
+    const button = document.querySelector("#generate");
+    if (button && !button.disabled) button.click();
+  });
+
   // plots: a trace whose meta is "x-position" has token positions on x; "position": first entry of customdata
   function bind(plot) {
     if (plot.__explorerBound || !plot.on) return;
@@ -22,6 +34,20 @@
       if (meta === "position") select(Array.isArray(point.customdata) ? point.customdata[0] : point.customdata);
     });
   }
-  new MutationObserver(() => document.querySelectorAll(".js-plotly-plot").forEach(bind))
-    .observe(document.documentElement, { childList: true, subtree: true });
+
+  // the output strip: keep the newest text in view while it streams, unless the reader scrolled up
+  let follow = true;
+  function watchOutput(out) {
+    if (out.__explorerWatched) return;
+    out.__explorerWatched = true;
+    out.addEventListener("scroll", () => { follow = out.scrollTop + out.clientHeight >= out.scrollHeight - 24; });
+    new MutationObserver(() => { if (follow) out.scrollTop = out.scrollHeight; })
+      .observe(out, { childList: true, subtree: true });
+  }
+
+  new MutationObserver(() => {
+    document.querySelectorAll(".js-plotly-plot").forEach(bind);
+    const out = document.querySelector("#output");
+    if (out) watchOutput(out);
+  }).observe(document.documentElement, { childList: true, subtree: true });
 })();

@@ -20,6 +20,7 @@ class Session:
     dims: int = 2
     step_index: int | None = None  # step shown in the Next token tab; None: follow the latest
     active_tab: str = "Tokens"
+    presentation: bool = False  # larger type in the plots, for a projector
     arch_show: str = ""  # Architecture tab: which model or config to draw ("" = the loaded one)
     arch_path: str = ""
     moe_layer: int | None = None  # Experts tab: the MoE layer shown (None = the first)

@@ -15,7 +15,7 @@ from explorer.ui.api import GenerationRequest, api_generate, api_stats
 from explorer.analysis import stage_values
 from explorer.ui.architecture_tab import ArchitectureTab
 from explorer.ui.attention_tab import AttentionTab
-from explorer.ui.common import Limits, model_summary
+from explorer.ui.common import Limits, model_summary, presentation_fonts
 from explorer.ui.embeddings_tab import EmbeddingsTab
 from explorer.ui.experts_tab import ExpertsTab
 from explorer.ui.logit_lens_tab import LogitLensTab
@@ -27,10 +27,17 @@ from model import LanguageModel
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLES = json.loads((ASSETS / "prompts.json").read_text())
 RENDER_SHARE = 8
+TITLE = ("<h1>LLM Explorer</h1><p>Watch a language model write, token by token, and look inside.</p>")
+OUTPUT_HINT = ('<div class="hint">The model\'s text appears here as it writes, each token tinted by its probability. '
+               'Click any token to select it in every view.</div>')
+CHAT_INFO = ("Wraps the prompt as a user's turn of a chat, as the instruct model was trained: it then answers. "
+             "Off: it continues the text as written.")
+ENDED_AT_ONCE = (". The model ended at once: an instruct model given a bare text often does. Tick Chat template to "
+                 "ask it something, or untick Stop at end-of-text to let it write on.")
 
 
 def head_html() -> str:
-    return f"<script>{(ASSETS / 'explorer.js').read_text()}</script>"
+    return "".join(f"<script>{path.read_text()}</script>" for path in sorted(ASSETS.glob("*.js")))
 
 
 def css() -> str:
@@ -68,50 +75,59 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
     with gr.Blocks(title="LLM Explorer") as app:
         # a closed tab deletes the session: stop its generation at the next token
         state = gr.State(lambda: Session(), delete_callback=lambda s: setattr(s, "stop_requested", True))
-        gr.Markdown(model_summary(lm), elem_id="model-summary")
+        with gr.Row(elem_id="header", equal_height=True):
+            gr.HTML(TITLE, elem_id="title", padding=False)
+            presentation = gr.Checkbox(label="Presentation mode", value=False, elem_id="presentation",
+                                       container=False, scale=0, min_width=170)
+            gr.HTML(model_summary(lm), elem_id="model-summary", padding=False)
         if lm.random_weights:
             gr.Markdown("⚠️ **Random weights.** This model was built from its configuration alone: the text it writes "
                         "is noise, but every shape, attention map and routing decision is computed by the real "
                         "architecture.", elem_id="random-weights-banner")
-        with gr.Row():
-            prompt = gr.Textbox(label="Prompt", lines=2, scale=6, elem_id="prompt",
-                                value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)
-            with gr.Column(scale=2, min_width=220):
-                examples = gr.Dropdown([e["label"] for e in EXAMPLES], value=None, label="Examples", elem_id="examples")
-                chat = gr.Checkbox(label="Chat template", value=False, elem_id="chat",
+        with gr.Row(elem_id="main", equal_height=False):
+            with gr.Column(scale=0, min_width=290, elem_id="controls"):
+                prompt = gr.Textbox(label="Prompt (Ctrl+Enter generates)", lines=3, max_lines=8, elem_id="prompt",
+                                    value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)
+                # a menu: picking an example fills the prompt, then the menu empties again (nothing else writes it)
+                examples = gr.Dropdown([e["label"] for e in EXAMPLES], value=None, label="Examples",
+                                       elem_id="examples", allow_custom_value=False)
+                chat = gr.Checkbox(label="Chat template", value=False, elem_id="chat", info=CHAT_INFO,
                                    interactive=tok.chat_template is not None)
-        with gr.Row(equal_height=True):
-            max_new = gr.Slider(1, limits.max_new_tokens, value=40, step=1, label="Max new tokens",
-                                elem_id="max-new-tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature", elem_id="temperature")
-            top_k = gr.Slider(0, limits.max_top_k, value=50, step=1, label="Top-k (0 = off)", elem_id="top-k")
-            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="top-p")
-            seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", minimum=0, maximum=2**31 - 1)
-            with gr.Column(min_width=160):
-                greedy = gr.Checkbox(label="Greedy", value=False, elem_id="greedy")
-                # off: the model writes on past an end-of-text token, until max new tokens, the time limit or Stop
-                stop_at_eos = gr.Checkbox(label="Stop at end-of-text", value=True, elem_id="stop-at-eos")
-        with gr.Row():
-            generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
-            stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
-            status = gr.Markdown("", elem_id="status")
-        output = gr.HTML("", elem_id="output", label="Output")
-        # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position in the browser
-        select_token = gr.Button("select", elem_id="select-token")
-        tabs: dict[str, Any] = {}
-        with gr.Tabs(elem_id="tabs"):
-            classes = [TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab]
-            if lm.config.moe is not None:
-                classes.append(ExpertsTab)
-            for cls in classes + [ArchitectureTab]:
-                with gr.Tab(cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
-                    tab = ArchitectureTab(lm, live_stages(lm)) if cls is ArchitectureTab else cls(lm)
-                tabs[cls.title] = tab
-                tab.block = tab_block
+                with gr.Row(elem_id="buttons"):
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate", min_width=100)
+                    stop = gr.Button("Stop", variant="secondary", elem_id="stop", interactive=False, min_width=80)
+                status = gr.Markdown("", elem_id="status")
+                with gr.Accordion("Sampling", open=True, elem_id="sampling"):
+                    max_new = gr.Slider(1, limits.max_new_tokens, value=40, step=1, label="Max new tokens",
+                                        elem_id="max-new-tokens")
+                    greedy = gr.Checkbox(label="Greedy (always the most likely token)", value=False,
+                                         elem_id="greedy")
+                    temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature",
+                                            elem_id="temperature")
+                    top_k = gr.Slider(0, limits.max_top_k, value=50, step=1, label="Top-k (0 = off)", elem_id="top-k")
+                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="top-p")
+                    seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", minimum=0, maximum=2**31 - 1)
+                    # off: the model writes on past an end-of-text token, until max new tokens, the time limit or Stop
+                    stop_at_eos = gr.Checkbox(label="Stop at end-of-text", value=True, elem_id="stop-at-eos")
+            with gr.Column(scale=1, elem_id="views"):
+                output = gr.HTML(OUTPUT_HINT, elem_id="output", label="Output", padding=False)
+                # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position
+                select_token = gr.Button("select", elem_id="select-token")
+                tabs: dict[str, Any] = {}
+                with gr.Tabs(elem_id="tabs"):
+                    classes = [TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab]
+                    if lm.config.moe is not None:
+                        classes.append(ExpertsTab)
+                    for cls in classes + [ArchitectureTab]:
+                        with gr.Tab(cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
+                            tab = ArchitectureTab(lm, live_stages(lm)) if cls is ArchitectureTab else cls(lm)
+                        tabs[cls.title] = tab
+                        tab.block = tab_block
 
         def render_tab(s: Session) -> dict:
             tab = tabs[s.active_tab]
-            return dict(zip(tab.outputs, MODEL_THREAD.run(tab.render, s)))  # renders recompute with torch
+            values = MODEL_THREAD.run(tab.render, s)  # renders recompute with torch
+            return {c: presentation_fonts(v, s.presentation) for c, v in zip(tab.outputs, values)}
 
         # While tokens stream, the plots of the open tab refresh on this timer, not in the generation's own updates:
         # Gradio handles every output of an event on every update (~1 ms for the text alone, ~25 ms once the 30
@@ -122,7 +138,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, eos, limits)
             ids = request.prompt_ids(lm, limits)
             s.start(ids, request.settings())
-            yield {state: s, output: render_output(s), status: "Generating…", refresher: gr.Timer(active=True)}
+            yield {state: s, output: render_output(s), status: "Generating…", refresher: gr.Timer(active=True),
+                   **running(True)}
             started = time.monotonic()
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
             generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stop_requested)
@@ -137,7 +154,17 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
             reason = "stopped" if s.stop_requested else generation.finish_reason
             message = finish_message(reason, len(s.steps), rate, limits.time_limit_seconds)
+            if reason == "stop" and len(s.steps) <= 2 and not request.chat and tok.chat_template is not None:
+                message += ENDED_AT_ONCE
             yield {output: render_output(s), status: message, refresher: gr.Timer(active=False)}
+
+        def running(yes: bool) -> dict:
+            """While a generation runs Generate is off (a second click would restart it) and Stop is on."""
+            return {generate: gr.Button(interactive=not yes), stop: gr.Button(interactive=yes)}
+
+        def after_generation(s: Session) -> dict:
+            # runs however the generation ended (an error included), so the buttons never stay switched
+            return {**running(False), **render_tab(s)}
 
         def on_tick(s: Session) -> dict:
             if not s.generating or s.rendered_steps == len(s.steps) or time.monotonic() < s.next_refresh:
@@ -153,10 +180,12 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
         everything = [state, output, status] + tab_outputs
         gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
-                                                 stop_at_eos, state], [state, output, status, refresher],
+                                                 stop_at_eos, state],
+                                   [state, output, status, refresher, generate, stop],
                                    api_visibility="private", show_progress="hidden",
                                    concurrency_limit=limits.max_concurrent, concurrency_id="generate")
-        gen_event.then(render_tab, [state], tab_outputs, api_visibility="private", show_progress="hidden")
+        gen_event.then(after_generation, [state], tab_outputs + [generate, stop], api_visibility="private",
+                       show_progress="hidden")
         # "once": a tick that comes while the last render still runs is dropped, so slow renders thin themselves out
         refresher.tick(on_tick, [state], tab_outputs, api_visibility="private", show_progress="hidden",
                        trigger_mode="once", concurrency_limit=None)
@@ -166,9 +195,11 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             s.generating = False
             message = finish_message("stopped", len(s.steps), 0.0, limits.time_limit_seconds)
             # the cancelled generation never sends its last update, which stops the refresher: stop it here
-            return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **render_tab(s)}
+            return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False),
+                    **render_tab(s)}
 
-        stop.click(on_stop, [state], everything + [refresher], cancels=[gen_event], api_visibility="private",
+        stop.click(on_stop, [state], everything + [refresher, generate, stop], cancels=[gen_event],
+                   api_visibility="private",
                    queue=False)
 
         def on_select(value: Any, s: Session) -> dict:
@@ -190,18 +221,33 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             tab.block.select(on_tab, [state], everything, api_visibility="private")
             for control in getattr(tab, "controls", []):
                 def on_control(s: Session, *values, tab=tab) -> dict:
-                    tab.set_controls(s, *values)
-                    return dict(zip(tab.outputs, MODEL_THREAD.run(tab.render, s)))
+                    tab.set_controls(s, *values)  # may move the selection (the Next token tab's step slider)
+                    return {output: render_output(s), **render_tab(s)}
 
                 # always_last: a textbox typed into while a render runs still ends on what was typed
-                control.input(on_control, [state, *tab.controls], tab.outputs, api_visibility="private",
+                control.input(on_control, [state, *tab.controls], [output, *tab.outputs], api_visibility="private",
                               trigger_mode="always_last")
 
-        def on_example(label: str) -> tuple[str, bool]:
-            example = next(e for e in EXAMPLES if e["label"] == label)
-            return example["prompt"], bool(example["chat"]) and tok.chat_template is not None
+        def on_example(picked: gr.SelectData) -> tuple[str, bool, Any]:
+            # only an option picked from the open menu lands here (focus, blur and Tab do not select), and the
+            # menu empties again, so picking the same example twice works and nothing else overwrites the prompt
+            example = next(e for e in EXAMPLES if e["label"] == picked.value)
+            return example["prompt"], bool(example["chat"]) and tok.chat_template is not None, gr.Dropdown(value=None)
 
-        examples.input(on_example, [examples], [prompt, chat], api_visibility="private")
+        examples.select(on_example, None, [prompt, chat, examples], api_visibility="private", queue=False)
+
+        def on_greedy(is_greedy: bool) -> list:
+            # greedy takes the most likely token: the sampler's settings do nothing then, and look it
+            return [gr.Slider(interactive=not is_greedy)] * 3
+
+        def on_presentation(on: bool, s: Session) -> dict:
+            s.presentation = bool(on)  # the page's own type grows in CSS (assets/explorer.css); plots here
+            return render_tab(s)
+
+        presentation.change(on_presentation, [presentation, state], everything, api_visibility="private",
+                            show_progress="hidden")
+
+        greedy.change(on_greedy, [greedy], [temperature, top_k, top_p], api_visibility="private", queue=False)
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
         gr.api(api_stats(), api_name="stats", queue=False)

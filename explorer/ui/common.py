@@ -1,6 +1,7 @@
 """What the tabs share: the model, and a placeholder figure for when there is nothing to show yet."""
 from __future__ import annotations
 
+import html
 import os
 from dataclasses import dataclass, fields
 from typing import Mapping
@@ -48,16 +49,33 @@ def placeholder(message: str, height: int = 360) -> go.Figure:
 
 
 EMPTY_HINT = "Type a prompt and press Generate"
+PRESENTATION_SCALE = 1.3
+
+
+def presentation_fonts(value, on: bool):
+    """A figure's type set for a projector (on) or a screen (off): absolute sizes, so a cached figure can go back and
+    forth; anything else passes unchanged."""
+    if isinstance(value, go.Figure):
+        scale = PRESENTATION_SCALE if on else 1.0
+        value.update_layout(font_size=round(style.FONT_SIZE * scale), hoverlabel_font_size=round(style.FONT_SIZE * scale))
+        if value.layout.title.text:
+            value.update_layout(title_font_size=round((style.FONT_SIZE + 3) * scale))
+    return value
 
 
 def model_summary(lm: LanguageModel) -> str:
+    """The model in words a student can read (name, size, layers, heads, vocabulary); the engineering details (family,
+    KV heads, widths, device, number format, fast paths) in a second, smaller line."""
     cfg = lm.config
+    attention = f"{cfg.n_heads} latent-attention heads" if cfg.mla is not None else f"{cfg.n_heads} heads"
+    moe = (f" · {cfg.moe.n_routed_experts} experts ({cfg.moe.n_experts_per_tok} per token)"
+           if cfg.moe is not None else "")
+    main = (f"<b>{style.escape(lm.name)}</b> · {lm.n_params / 1e6:,.0f}M parameters · {cfg.n_layers} layers × "
+            f"{attention}{moe} · vocabulary {cfg.vocab_size:,}")
+    kv = f"{cfg.mla.kv_lora_rank}-number latent KV" if cfg.mla is not None else f"{cfg.n_kv_heads} KV heads"
     dtype = str(lm.dtype).removeprefix("torch.")
-    attention = (f"MLA (latent {cfg.mla.kv_lora_rank})" if cfg.mla is not None
-                 else f"{cfg.n_heads} heads ({cfg.n_kv_heads} KV)")
-    moe = (f" · MoE {cfg.moe.n_routed_experts} experts, {cfg.moe.n_experts_per_tok} active + "
-           f"{cfg.moe.n_shared_experts} shared" if cfg.moe is not None else "")
-    fast = "".join(f" · {done}" for done in lm.fast_paths)  # e.g. decoding from the file's Q4_1/Q8_0 blocks
-    return (f"**{lm.name}** · {cfg.family} · {lm.n_params / 1e6:,.0f}M parameters · {cfg.n_layers} layers × "
-            f"{attention}{moe} · d_model {cfg.d_model} · vocabulary {cfg.vocab_size:,} · {lm.device.type} · {dtype}"
-            f"{fast}")
+    details = [f"{cfg.family} family", kv, f"width {cfg.d_model}", f"runs on {lm.device.type} in {dtype}",
+               *lm.fast_paths]  # e.g. decoding from the file's Q4_1/Q8_0 blocks
+    details_text = " · ".join(details)
+    return (f'<div class="summary">{main}</div>'
+            f'<div class="details" title="{html.escape(details_text)}">{html.escape(details_text, quote=False)}</div>')
