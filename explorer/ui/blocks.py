@@ -90,7 +90,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                                     value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)
                 # a menu: picking an example fills the prompt, then the menu empties again (nothing else writes it)
                 examples = gr.Dropdown([e["label"] for e in EXAMPLES], value=None, label="Examples",
-                                       elem_id="examples", allow_custom_value=False)
+                                       elem_id="examples", interactive=True)
                 chat = gr.Checkbox(label="Chat template", value=False, elem_id="chat", info=CHAT_INFO,
                                    interactive=tok.chat_template is not None)
                 with gr.Row(elem_id="buttons"):
