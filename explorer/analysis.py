@@ -1,5 +1,5 @@
-"""Computations behind the views that are not views themselves: a text's log-probability under the model,
-PCA projections, nearest tokens by cosine similarity, a fixed sample of the vocabulary."""
+"""Computations behind the views that are not views themselves: a text's log-probability under the model, the
+model's distribution at one given token, PCA projections, nearest tokens by cosine similarity, a fixed sample of the vocabulary."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -28,6 +28,35 @@ def sequence_logprobs(trace: Trace, start: int = 1, stop: int | None = None) -> 
         logp = torch.log_softmax(logits.float(), dim=-1)
         out.extend(logp.gather(1, ids[lo:hi, None]).squeeze(1).tolist())
     return out
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model expected at one position of a given text: its top tokens there, and the token that came."""
+
+    position: int
+    top_ids: list[int]  # most likely first
+    top_probs: list[float]
+    token_id: int  # the token actually at `position`
+    prob: float  # its probability
+    rank: int  # 1 = the most likely
+    entropy: float  # of the whole distribution, nats
+
+
+@torch.inference_mode()
+def prediction_at(trace: Trace, position: int, k: int = 20) -> Prediction:
+    """The model's distribution for the token at `position` (>= 1), read from the logits at position - 1: one row,
+    so cheap for any given token, e.g. a prompt token that was not sampled."""
+    if not 1 <= position < len(trace):
+        raise ValueError(f"position must be 1..{len(trace) - 1}: the first token has no prediction")
+    logp = torch.log_softmax(trace.logits_at([position - 1])[0].float(), dim=-1)  # [vocab]
+    probs = logp.exp()
+    token_id = int(trace.ids[position])
+    top = torch.topk(probs, min(k, probs.shape[0]))
+    prob = float(probs[token_id])
+    return Prediction(position=position, top_ids=top.indices.tolist(), top_probs=top.values.tolist(),
+                      token_id=token_id, prob=prob, rank=int((probs > probs[token_id]).sum()) + 1,
+                      entropy=float(-(probs * logp).sum()))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ class Session:
     head: int | str = "mean"
     hide_sink: bool = False
     dims: int = 2
-    step_index: int | None = None  # step shown in the Next token tab; None: follow the latest
     active_tab: str = "Tokens"
     presentation: bool = False  # larger type in the plots, for a projector
     arch_show: str = ""  # Architecture tab: which model or config to draw ("" = the loaded one)
@@ -35,7 +34,7 @@ class Session:
 
     def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
         self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
-        self.selected, self.step_index, self._full_trace = None, None, None
+        self.selected, self._full_trace = None, None
         self.generating, self.stop_requested, self.rendered_steps, self.next_refresh = True, False, 0, 0.0
         self._cache.clear()
         self.extras.clear()
@@ -80,7 +79,11 @@ class Session:
         return self._cache[key]
 
     def current_step(self) -> Step | None:
+        """The step that produced the selected token (the latest while nothing is selected); None when no token
+        was generated yet or the selected token is part of the prompt."""
         if not self.steps:
             return None
-        index = len(self.steps) - 1 if self.step_index is None else min(self.step_index, len(self.steps) - 1)
-        return self.steps[index]
+        if self.selected is None:
+            return self.steps[-1]
+        index = self.selected - self.steps[0].position  # the steps' positions follow each other from the prompt's end
+        return self.steps[min(index, len(self.steps) - 1)] if index >= 0 else None

@@ -1,4 +1,5 @@
-"""Logit lens tab: what each layer's residual stream would predict if the model stopped there."""
+"""Logit lens tab: what each layer's residual stream would predict if the model stopped there, in a window of
+positions around the selected token."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,13 +8,13 @@ import gradio as gr
 
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
-from explorer.views.logit_lens import LensCache, logit_lens, logit_lens_figure
+from explorer.views.logit_lens import LensCache, lens_window, logit_lens, logit_lens_figure
 from model import LanguageModel
 
 EXPLAIN = ("The **logit lens** reads the residual stream after every block through the model's own final norm "
-           "and unembedding, as if the model ended there. Each cell shows the token that layer would predict "
-           "next and its probability: watch the answer form in the later layers.")
-POSITIONS = 40
+           "and unembedding, as if the model ended there. The input tokens run along the bottom; each cell "
+           "writes the token that layer would predict next, coloured by its probability: watch the answer form "
+           "in the later layers. Select a token to move the window of positions.")
 
 
 class LogitLensTab:
@@ -32,6 +33,8 @@ class LogitLensTab:
         trace = s.trace(self.lm)
         if trace is None:
             return [placeholder(EMPTY_HINT)]
-        cache = s.extras.setdefault("lens", LensCache())  # while streaming only new positions are read out
-        lens = s.cached(("lens", len(trace)), lambda: logit_lens(trace, last=POSITIONS, cache=cache))
-        return [logit_lens_figure(lens, self.lm.tokenizer, s.position(trace))]
+        position = s.position(trace)
+        positions = lens_window(len(trace), position)
+        cache = s.extras.setdefault("lens", LensCache())  # positions already read out are not read out again
+        lens = s.cached(("lens", len(trace), positions[0]), lambda: logit_lens(trace, positions, cache=cache))
+        return [logit_lens_figure(lens, self.lm.tokenizer, position)]

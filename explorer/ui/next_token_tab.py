@@ -1,19 +1,23 @@
-"""Next token tab: the distribution each token was drawn from, what the sampler kept, and the timeline."""
+"""Next token tab: the distribution the selected token was drawn from, what the sampler kept, and the timeline; for a
+prompt token, what the model expected there."""
 from __future__ import annotations
 
 from typing import Any
 
 import gradio as gr
 
+from explorer.analysis import prediction_at
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
-from explorer.views.next_token import next_token_figure, sampler_summary_html, timeline_figure
-from model import LanguageModel
+from explorer.views.next_token import (given_token_figure, next_token_figure, prompt_token_html,
+                                       sampler_summary_html, timeline_figure)
+from explorer.views.text import token_text
+from model import LanguageModel, Step
 
 EXPLAIN = ("At each step the model outputs a probability for every token in the vocabulary, "
            "p(x_t | x_<t) = softmax(logits). **Temperature** divides the logits (sharper below 1, flatter above), "
            "**top-k** keeps the k most likely, **top-p** keeps the smallest set with probability mass ≥ p; "
-           "the token is drawn from what is left.")
+           "the token is drawn from what is left. The step slider selects that step's token everywhere.")
 
 
 class NextTokenTab:
@@ -33,20 +37,41 @@ class NextTokenTab:
         self.controls = [self.step]
 
     def set_controls(self, s: Session, step: float) -> None:
-        if s.steps:
-            index = int(step) - 1
-            s.step_index = None if index >= len(s.steps) - 1 and s.generating else index
+        """The slider selects the token its step produced; at the last step of a running generation it follows
+        the newest token."""
+        if not s.steps:
+            return
+        index = min(max(int(step) - 1, 0), len(s.steps) - 1)
+        s.selected = None if index == len(s.steps) - 1 and s.generating else s.steps[index].position
 
-    def render(self, s: Session) -> list[Any]:
-        step = s.current_step()
-        if step is None:
-            return [gr.update(), placeholder(EMPTY_HINT), placeholder(EMPTY_HINT), ""]
+    def _sampled(self, s: Session, step: Step) -> list[Any]:
         tok, cfg = self.lm.tokenizer, s.settings
-        n = len(s.steps)
         return [
-            gr.update(minimum=1, maximum=max(n, 2), value=step.index + 1),
             next_token_figure(step, tok),
             timeline_figure(s.steps, tok, step.index),
             sampler_summary_html(step, cfg.get("temperature", 1.0), cfg.get("top_k", 0), cfg.get("top_p", 1.0),
                                  cfg.get("greedy", False), tok),
         ]
+
+    def _given(self, s: Session, position: int) -> list[Any]:
+        """A prompt token is selected: what the model expected there (one row of logits), or for the first token,
+        which has no prediction, the first step."""
+        tok = self.lm.tokenizer
+        token = token_text(tok, s.prompt_ids[position])
+        if position == 0:
+            first = self._sampled(s, s.steps[0])
+            return [first[0], first[1], prompt_token_html(position, token)]
+        trace = s.trace(self.lm)
+        prediction = s.cached(("prediction", len(trace), position), lambda: prediction_at(trace, position))
+        return [given_token_figure(prediction, tok), timeline_figure(s.steps, tok, None),
+                prompt_token_html(position, token, prediction)]
+
+    def render(self, s: Session) -> list[Any]:
+        if not s.steps:
+            return [gr.update(), placeholder(EMPTY_HINT), placeholder(EMPTY_HINT), ""]
+        step = s.current_step()
+        n = len(s.steps)
+        if step is None:
+            position = min(max(s.selected, 0), s.n_prompt - 1)
+            return [gr.update(minimum=1, maximum=max(n, 2), value=1), *self._given(s, position)]
+        return [gr.update(minimum=1, maximum=max(n, 2), value=step.index + 1), *self._sampled(s, step)]

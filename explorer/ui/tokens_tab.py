@@ -1,4 +1,5 @@
-"""Tokens tab: the context as token chips, counts, and the prompt's log-probability and perplexity."""
+"""Tokens tab: the context as token chips, counts, and the log-probability and perplexity of the prompt and of the
+whole text."""
 from __future__ import annotations
 
 import math
@@ -9,13 +10,13 @@ import gradio as gr
 from explorer.analysis import sequence_logprobs
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
-from explorer.views.tokens import logprob_share_figure, token_chips_html, token_stats_html
+from explorer.views.tokens import FOLLOW_SELECTION_JS, logprob_share_figure, token_chips_html, token_stats_html
 from model import LanguageModel
 
 EXPLAIN = ("Text is cut into **tokens**, pieces from a fixed vocabulary (byte-level BPE). Each chip is one token "
-           "with its id. The model gives every token a probability p(x_t | x_<t); the prompt's probability is "
-           "their product P(X) = Π p(x_t | x_<t), so log P(X) is a sum, and each bar shows a token's share "
-           "(its surprisal −log p).")
+           "with its id. The model gives every token a probability p(x_t | x_<t); a text's probability is "
+           "their product P = Π p(x_t | x_<t), so log P is a sum: **log P(prompt)** over the prompt, "
+           "**log P(prompt + generated)** over the whole text. Each bar is a token's share, its surprisal −log p.")
 
 
 class TokensTab:
@@ -25,7 +26,7 @@ class TokensTab:
         self.lm = lm
         with gr.Row():
             with gr.Column(scale=7):
-                self.chips = gr.HTML(f"<p>{EMPTY_HINT}</p>", elem_id="token-chips")
+                self.chips = gr.HTML(f"<p>{EMPTY_HINT}</p>", elem_id="token-chips", js_on_load=FOLLOW_SELECTION_JS)
                 self.share = gr.Plot(placeholder(EMPTY_HINT), elem_id="token-share", show_label=False)
             with gr.Column(scale=3):
                 self.stats = gr.HTML(elem_id="token-stats")
@@ -50,5 +51,5 @@ class TokensTab:
         return [
             token_chips_html(tok, ids, s.n_prompt, logprobs, selected),
             logprob_share_figure(tok, ids, logprobs, selected, n_prompt=s.n_prompt),
-            token_stats_html(prompt_text, s.prompt_ids, logprobs[: s.n_prompt - 1]),
+            token_stats_html(prompt_text, s.prompt_ids, logprobs[: s.n_prompt - 1], logprobs),
         ]

@@ -94,58 +94,84 @@ def logit_lens(trace: Trace, positions: Sequence[int] | None = None, last: int =
     return LogitLens(n_tokens, positions, [ids[p] for p in positions], next_ids, top_ids, top_probs, next_probs)
 
 
-def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer, selected: int | None = None,
-                      text_max_positions: int = 16) -> go.Figure:
-    """Layers (embedding at the bottom, output at the top) x positions, coloured by the probability of each
-    layer's top token; the top token written in the cells when few enough positions are shown."""
-    n_rows, n_pos = lens.top_probs.shape
-    n_layers = n_rows - 1
+WINDOW = 12  # positions shown around the selected token: each cell wide enough for a short word
+ROW_HEIGHT = 22  # px per layer row: room for a word in 12 px type
 
-    def decode(token_id: int) -> str:
-        return style.token_label(token_text(tokenizer, int(token_id)))
+
+def lens_window(n_tokens: int, selected: int | None, width: int = WINDOW) -> list[int]:
+    """`width` consecutive positions of a context of n_tokens around the selected one (the last by default): the
+    selected token a little right of the middle, so more of what led to it shows than what followed."""
+    if n_tokens <= width:
+        return list(range(n_tokens))
+    centre = n_tokens - 1 if selected is None else min(max(selected, 0), n_tokens - 1)
+    start = min(max(0, centre - (2 * width) // 3), n_tokens - width)
+    return list(range(start, start + width))
+
+
+def layer_rows(n_rows: int, max_rows: int) -> list[int]:
+    """Rows (0 = the embedding, n_rows - 1 = the output) to draw when only max_rows fit: evenly spaced, the
+    embedding and the output always among them."""
+    if n_rows <= max_rows:
+        return list(range(n_rows))
+    stride = -(-(n_rows - 1) // (max_rows - 1))
+    return sorted(set(range(0, n_rows - 1, stride)) | {n_rows - 1})
+
+
+def _cell_chars(n_pos: int, plot_width: int = 470) -> int:
+    """Characters of a token that fit in one cell at 12 px type (about 7 px a character)."""
+    return max(2, min(10, plot_width // max(n_pos, 1) // 7))
+
+
+def logit_lens_figure(lens: LogitLens, tokenizer: Tokenizer, selected: int | None = None,
+                      height: int = style.VIEW_HEIGHT) -> go.Figure:
+    """Layers (embedding at the bottom, output at the top) x positions, coloured by the probability of each
+    layer's top token, with that token written in the cell (shortened to fit). As many layers as fit `height`
+    at a readable size are drawn, evenly spaced; hover gives the full token and the actual next one."""
+    n_rows_all, n_pos = lens.top_probs.shape
+    n_layers = n_rows_all - 1
+    plot_height = height - 190  # title, subtitle and the rotated token labels take the rest
+    rows = layer_rows(n_rows_all, max(2, plot_height // ROW_HEIGHT))
+
+    def decode(token_id: int, max_len: int = 12) -> str:
+        return style.token_label(token_text(tokenizer, int(token_id)), max_len=max_len)
 
     inputs = [decode(i) for i in lens.input_ids]
     nexts = [decode(i) if i is not None else "— (end of context)" for i in lens.next_ids]
-    top_ids = lens.top_ids.tolist()
-    vocab_labels = {i: decode(i) for i in set(lens.top_ids.flatten().tolist())}
-    short = {i: style.token_label(token_text(tokenizer, i), max_len=6) for i in vocab_labels}
-    top_text = [[vocab_labels[i] for i in row] for row in top_ids]
-    next_p = lens.next_probs.numpy()
+    top_ids = lens.top_ids[rows].tolist()
+    vocab = set(lens.top_ids[rows].flatten().tolist())
+    full = {i: decode(i) for i in vocab}
+    chars = _cell_chars(n_pos)
+    short = {i: decode(i, chars) for i in vocab}
+    next_p = lens.next_probs[rows].numpy()
     row_names = ["the embedding"] + [f"{n} layer{'s' if n > 1 else ''}" for n in range(1, n_layers + 1)]
     custom = [
-        [[row_names[r], inputs[c], top_text[r][c] + (" ✓" if top_ids[r][c] == lens.next_ids[c] else ""), nexts[c],
-          "—" if np.isnan(next_p[r, c]) else f"{next_p[r, c]:.4f}"] for c in range(n_pos)]
-        for r in range(n_rows)
+        [[row_names[r], inputs[c], full[top_ids[k][c]] + (" ✓" if top_ids[k][c] == lens.next_ids[c] else ""),
+          nexts[c], "—" if np.isnan(next_p[k, c]) else f"{next_p[k, c]:.4f}"] for c in range(n_pos)]
+        for k, r in enumerate(rows)
     ]
-    show_text = n_pos <= text_max_positions
     fig = go.Figure(go.Heatmap(
-        z=lens.top_probs.numpy().astype(np.float32), x=lens.positions, y=list(range(n_rows)), zmin=0, zmax=1,
-        colorscale=style.SEQUENTIAL, customdata=custom, meta="x-position",  # clicks select the position
-        text=[[short[i] for i in row] for row in top_ids] if show_text else None,
-        texttemplate="%{text}" if show_text else None, textfont=dict(size=11),
-        colorbar=dict(title=dict(text="p(top)", side="right"), thickness=12),
+        z=lens.top_probs[rows].numpy().astype(np.float32), x=lens.positions, y=list(range(len(rows))), zmin=0,
+        zmax=1, colorscale=style.SEQUENTIAL, customdata=custom, meta="x-position",  # clicks select the position
+        text=[[short[i] for i in row] for row in top_ids], texttemplate="%{text}", textfont=dict(size=12),
+        xgap=1, ygap=1, colorbar=dict(title=dict(text="p(top)", side="right"), thickness=10),
         hovertemplate="after %{customdata[0]}, position %{x} (input %{customdata[1]})<br>"
                       "top next token %{customdata[2]}, p = %{z:.4f}<br>"
                       "actual next %{customdata[3]}, p = %{customdata[4]}<extra></extra>",
     ))
-    ticks = style.thin_ticks(n_pos, max_ticks=24 if show_text else 40)
-    fig.update_xaxes(tickvals=[lens.positions[i] for i in ticks], ticktext=[inputs[i] for i in ticks],
-                     tickangle=-60, title_text="input token (each cell predicts the token after it)", showgrid=False)
-    every = max(1, -(-n_rows // 32))
+    fig.update_xaxes(tickvals=lens.positions, ticktext=[decode(i, 8) for i in lens.input_ids], tickangle=-45,
+                     title_text=None, showgrid=False)
     labels = ["embed"] + [f"L{layer}" for layer in range(1, n_layers + 1)]
-    labels[-1] += " (output)"
-    y_ticks = sorted(set(range(0, n_rows, every)) | {n_layers})
-    fig.update_yaxes(tickvals=y_ticks, ticktext=[labels[i] for i in y_ticks], title_text="layers applied",
+    labels[-1] += " (out)"
+    fig.update_yaxes(tickvals=list(range(len(rows))), ticktext=[labels[r] for r in rows], title_text=None,
                      showgrid=False)
     if selected is not None and selected in lens.positions:
-        fig.add_shape(type="rect", x0=selected - 0.5, x1=selected + 0.5, y0=-0.5, y1=n_layers + 0.5,
+        fig.add_shape(type="rect", x0=selected - 0.5, x1=selected + 0.5, y0=-0.5, y1=len(rows) - 0.5,
                       line=dict(color=style.SELECTED, width=3))
-    title = "Logit lens: what each layer would predict next"
-    contiguous_tail = lens.positions == list(range(lens.n_tokens - n_pos, lens.n_tokens))
-    if n_pos < lens.n_tokens:
-        shown = f"last {n_pos} of {lens.n_tokens} positions" if contiguous_tail else \
-            f"{n_pos} of {lens.n_tokens} positions"
-        title += f"<br><sup>{shown}</sup>"
-    style.layout(fig, title, height=max(420, 22 * n_rows + 190))
-    fig.update_layout(margin=dict(l=110, r=20, t=80 if n_pos < lens.n_tokens else 55, b=120))
+    shown = (f"positions {lens.positions[0]}–{lens.positions[-1]} of 0–{lens.n_tokens - 1}"
+             if lens.positions == list(range(lens.positions[0], lens.positions[-1] + 1))
+             else f"{n_pos} of {lens.n_tokens} positions")
+    layers = "every layer" if len(rows) == n_rows_all else f"{len(rows)} of {n_rows_all} layers"
+    title = f"Logit lens: what each layer would predict next<br><sup>{shown} · {layers}</sup>"
+    style.layout(fig, title, height=height)
+    fig.update_layout(margin=dict(l=95, r=10, t=75, b=95))
     return fig

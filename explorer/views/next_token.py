@@ -1,5 +1,6 @@
-"""The Next token tab: the distribution one token was drawn from (what temperature / top-k / top-p kept), and
-entropy and chosen-token probability over a whole generation. Reads model.lm.Step."""
+"""The Next token tab: the distribution one token was drawn from (what temperature / top-k / top-p kept), what the
+model expected at a prompt token, and entropy and chosen-token probability over a whole generation. Reads
+model.lm.Step."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ import plotly.graph_objects as go
 from model.lm import Step
 from model.tokenizer import Tokenizer
 
+from ..analysis import Prediction
 from . import style
 from .text import token_text
 
@@ -31,7 +33,35 @@ def _rows(step: Step, k: int) -> list[tuple[int, int | None, float, float, bool]
     return rows
 
 
-def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = 20, settings_text: str | None = None) -> go.Figure:
+ROWS = 12  # bars that fit style.VIEW_HEIGHT at a projector's font size
+
+
+def _probability_axes(fig: go.Figure, labels: list[str], top: float) -> None:
+    """Token labels down the y axis (most likely on top); probability along x, never past 100%."""
+    fig.update_yaxes(tickvals=list(range(len(labels))), ticktext=labels, autorange="reversed", showgrid=False,
+                     title_text=None)
+    fig.update_xaxes(title_text="probability", range=[0, min(1.0, top * 1.25 + 1e-3)], tickformat=".0%")
+
+
+def _mark(fig: go.Figure, x: float, row: int, text: str, x_max: float) -> None:
+    """A red note beside the bar of the drawn (or given) token; inside the bar's end when it reaches the edge."""
+    inside = x > 0.7 * x_max
+    fig.add_annotation(x=x, y=row, text=text, showarrow=False, xanchor="right" if inside else "left",
+                       xshift=-8 if inside else 10, bgcolor="rgba(255,255,255,0.85)",
+                       font=dict(color=style.SELECTED, size=style.FONT_SIZE + 1))
+
+
+def _finish(fig: go.Figure, title: str, subtitle: str, height: int) -> go.Figure:
+    title += f"<br><sup>{style.escape(subtitle)}</sup>"
+    # the bars shrink downwards, so the bottom right corner of the plot is free for the legend
+    style.layout(fig, title, height=height, barmode="overlay",
+                 legend=dict(x=0.99, xanchor="right", y=0.02, yanchor="bottom", bgcolor="rgba(255,255,255,0.85)"))
+    fig.update_layout(margin=dict(l=150, r=30, t=80, b=55))
+    return fig
+
+
+def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = ROWS, settings_text: str | None = None,
+                      height: int = style.VIEW_HEIGHT) -> go.Figure:
     """Horizontal bars of the model's top-k probabilities (most likely on top), green where the sampler kept the
     token and grey where it cut it, dark diamonds for the probabilities actually sampled from; the drawn token
     outlined. If it is not among the top k it gets an extra row at the bottom."""
@@ -62,19 +92,51 @@ def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = 20, settings_te
     ))
     top = max(max(row[2], row[3]) for row in rows)
     _, _, p_model, p_after, _ = rows[sampled_row]
-    fig.add_annotation(x=max(p_model, p_after), y=sampled_row, text="◀ sampled", showarrow=False, xanchor="left",
-                       xshift=10, font=dict(color=style.SELECTED, size=style.FONT_SIZE + 1))
-    fig.update_yaxes(tickvals=index, ticktext=labels, autorange="reversed", showgrid=False, title_text=None)
-    fig.update_xaxes(title_text="probability", range=[0, min(1.0, top) * 1.25 + 1e-3], tickformat=".0%")
+    _probability_axes(fig, labels, top)
+    _mark(fig, max(p_model, p_after), sampled_row, "◀ sampled", fig.layout.xaxis.range[1])
     plural = "s" if step.n_kept != 1 else ""
-    title = (f"Next token at position {step.position}: the sampler kept {step.n_kept} token{plural} "
-             f"({step.kept_mass:.1%} of the mass)")
-    if settings_text:
-        title += f"<br><sup>{style.escape(settings_text)}</sup>"
-    style.layout(fig, title, height=120 + 26 * len(rows), barmode="overlay",
-                 legend=dict(orientation="h", y=-0.12 if len(rows) > 10 else -0.3, x=0))
-    fig.update_layout(margin=dict(l=150, r=30, t=80 if settings_text else 55, b=90))
-    return fig
+    kept = f"the sampler kept {step.n_kept} token{plural} ({step.kept_mass:.1%} of the mass)"
+    return _finish(fig, f"Next token at position {step.position}",
+                   kept + (f" · {settings_text}" if settings_text else ""), height)
+
+
+def given_token_figure(prediction: Prediction, tokenizer: Tokenizer, k: int = ROWS,
+                       height: int = style.VIEW_HEIGHT) -> go.Figure:
+    """For a token of the prompt (given, not sampled): the model's top-k probabilities at its position, the token
+    that actually came outlined (an extra row at the bottom when it is not among the top k)."""
+    rows = [(tid, i + 1, p) for i, (tid, p) in enumerate(zip(prediction.top_ids[:k], prediction.top_probs[:k]))]
+    if prediction.token_id not in prediction.top_ids[:k]:
+        rows.append((prediction.token_id, prediction.rank, prediction.prob))
+    labels = [f"{style.token_label(token_text(tokenizer, tid))}  #{rank}" for tid, rank, _ in rows]
+    given_row = next(i for i, row in enumerate(rows) if row[0] == prediction.token_id)
+    fig = go.Figure(go.Bar(
+        x=[p for *_, p in rows], y=list(range(len(rows))), orientation="h", name="the model's probability",
+        marker_color=style.PROMPT, customdata=labels, showlegend=False,
+        marker_line=dict(color=[style.SELECTED if i == given_row else style.PROMPT for i in range(len(rows))],
+                         width=[3 if i == given_row else 0 for i in range(len(rows))]),
+        hovertemplate="%{customdata}<br>model p = %{x:.4f}<extra></extra>",
+    ))
+    _probability_axes(fig, labels, max(p for *_, p in rows))
+    _mark(fig, prediction.prob, given_row, "◀ what came", fig.layout.xaxis.range[1])
+    title = f"What the model expected at position {prediction.position}"
+    subtitle = f"the prompt's token had p = {prediction.prob:.1%} (rank {prediction.rank}); nothing was sampled"
+    return _finish(fig, title, subtitle, height)
+
+
+def prompt_token_html(position: int, token: str, prediction: Prediction | None = None) -> str:
+    """The Next token tab's summary while a prompt token is selected: it was given, not sampled, and how to see a
+    sampled one; with its prediction, how likely the model found it."""
+    label = style.escape(token)
+    if prediction is None:
+        body = (f"Token {position} (<b>{label}</b>) is the first token of the prompt: nothing comes before it, so "
+                "the model made no prediction for it. The plot shows the first generated token.")
+    else:
+        body = (f"Token {position} (<b>{label}</b>) is part of the prompt: it was given, not sampled. The plot "
+                f"shows what the model expected there: it gave this token {prediction.prob:.1%} (rank "
+                f"{prediction.rank}).")
+    return (f'<div class="sampler-summary" style="font-size:16px;line-height:1.5"><p>{body}</p>'
+            f'<p>Select a generated token (<span style="color:{style.GENERATED};font-weight:600">orange</span>) '
+            "to see the distribution it was drawn from and what the sampler kept.</p></div>")
 
 
 def timeline_figure(steps: Sequence[Step], tokenizer: Tokenizer, selected_index: int | None = None) -> go.Figure:

@@ -16,6 +16,8 @@ CUT = "#BAB0AC"  # tokens the sampler cut
 BACKGROUND_POINTS = "#D5D5D5"  # vocabulary sample in projections
 SEQUENTIAL = "Blues"  # attention, probabilities (0 = white)
 DIVERGING = "RdBu"
+# a view's main plot fits beside the text on a 1280x720 projector (the tab panel below the output strip)
+VIEW_HEIGHT = 420
 
 
 _AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="",

@@ -78,31 +78,48 @@ def test_a_cache_reads_out_only_new_positions_and_forgets_a_changed_prefix(setup
         assert spy.call_args.args[1] == [len(ids) - 4, len(ids) - 3]
 
 
-def test_figure_is_layers_by_positions(setup):
+def test_figure_is_layers_by_positions_with_each_layers_guess_written_in(setup):
     lm, tok, ids, _, lens = setup
-    fig = views.logit_lens_figure(lens, tok, selected=len(ids) - 3, text_max_positions=16)
+    n = len(ids)
+    fig = views.logit_lens_figure(lens, tok, selected=n - 3)
     heat = fig.data[0]
+    rows = views.layer_rows(lm.config.n_layers + 1, (style.VIEW_HEIGHT - 190) // views.ROW_HEIGHT)
+    assert rows[0] == 0 and rows[-1] == lm.config.n_layers and 4 <= len(rows) < lm.config.n_layers
     z = np.asarray(heat.z)
     assert z.dtype == np.float32
-    np.testing.assert_array_equal(z, lens.top_probs.numpy())
-    assert list(heat.x) == lens.positions and list(heat.y) == list(range(lm.config.n_layers + 1))
-    assert heat.text is None  # 20 positions: hover only
-    assert fig.layout.yaxis.ticktext[0] == "embed" and fig.layout.yaxis.ticktext[-1] == "L30 (output)"
-    assert f"last 20 of {len(ids)} positions" in fig.layout.title.text
-    cell = heat.customdata[30][0]
+    np.testing.assert_array_equal(z, lens.top_probs[rows].numpy())
+    assert list(heat.x) == lens.positions and list(heat.y) == list(range(len(rows)))
+    assert fig.layout.height == style.VIEW_HEIGHT
+    # every cell names its layer's top token, shortened to the cell's width
+    assert heat.texttemplate == "%{text}"
+    chars = views._cell_chars(20)
+    for k, r in enumerate(rows):
+        for c in (0, 7, 19):
+            assert heat.text[k][c] == style.token_label(tok.decode([int(lens.top_ids[r, c])]), max_len=chars)
+    assert fig.layout.yaxis.ticktext[0] == "embed" and fig.layout.yaxis.ticktext[-1] == "L30 (out)"
+    assert f"positions {n - 20}–{n - 1} of 0–{n - 1}" in fig.layout.title.text
+    assert f"{len(rows)} of 31 layers" in fig.layout.title.text
+    cell = heat.customdata[-1][0]
     top = style.token_label(tok.decode([int(lens.top_ids[30, 0])]))
     assert cell[0] == "30 layers" and cell[1] == style.token_label(tok.decode([ids[-20]]))
     assert cell[2].startswith(top) and cell[2].endswith("✓") == (int(lens.top_ids[30, 0]) == ids[-19])
-    assert cell[4] == f"{float(lens.next_probs[30, 0]):.4f}" and heat.customdata[5][-1][4] == "—"
+    assert cell[4] == f"{float(lens.next_probs[30, 0]):.4f}" and heat.customdata[1][-1][4] == "—"
     (outline,) = fig.layout.shapes
-    assert (outline.x0, outline.x1) == (len(ids) - 3.5, len(ids) - 2.5)
+    assert (outline.x0, outline.x1) == (n - 3.5, n - 2.5)
 
 
-def test_small_grids_write_the_top_token_in_the_cells(setup):
-    _, tok, _, trace, _ = setup
-    lens = views.logit_lens(trace, [3, 4, 9])
-    fig = views.logit_lens_figure(lens, tok)
-    heat = fig.data[0]
-    assert heat.texttemplate == "%{text}"
-    assert heat.text[2][1] == style.token_label(tok.decode([int(lens.top_ids[2, 1])]), max_len=6)
-    assert "3 of" in fig.layout.title.text and "last" not in fig.layout.title.text
+def test_a_window_of_positions_around_the_selected_token(setup):
+    _, tok, ids, trace, _ = setup
+    n = len(ids)
+    for selected in (0, 5, 20, n - 1, None):
+        window = views.lens_window(n, selected, 12)
+        assert len(window) == 12 and window == list(range(window[0], window[0] + 12))
+        assert (n - 1 if selected is None else selected) in window
+    assert views.lens_window(n, 20, 12) == list(range(12, 24))  # more of what led to it than what followed
+    assert views.lens_window(5, 3, 12) == [0, 1, 2, 3, 4]
+    lens = views.logit_lens(trace, views.lens_window(n, 10))
+    fig = views.logit_lens_figure(lens, tok, selected=10)
+    assert list(fig.data[0].x) == views.lens_window(n, 10)
+    assert f"positions {lens.positions[0]}–{lens.positions[-1]} of 0–{n - 1}" in fig.layout.title.text
+    assert views.layer_rows(31, 31) == list(range(31))
+    assert views.layer_rows(31, 10) == [0, 4, 8, 12, 16, 20, 24, 28, 30]

@@ -85,7 +85,7 @@ def test_a_sampled_token_outside_the_top_k_gets_its_own_row(runs):
 def test_greedy_keeps_one_token(runs):
     tok, _, greedy = runs
     step = greedy[0]
-    fig = views.next_token_figure(step, tok)
+    fig = views.next_token_figure(step, tok, k=20)
     assert step.token_id == step.top_ids[0]
     assert "kept 1 token " in fig.layout.title.text
     assert [b[1] for _, b in sorted(_bars(fig).items())] == [style.KEPT] + [style.CUT] * 19
@@ -120,3 +120,70 @@ def test_sampler_summary(runs):
     angle = tok.encode("<")[0]
     html = views.sampler_summary_html(dataclasses.replace(step, token_id=angle), 0.8, 10, 0.9, False, tok)
     assert re.search(r'class="tok" data-pos="\d+">&lt;</b>', html) and "><<" not in html
+
+
+def test_the_probability_axis_stops_at_100_percent(runs):
+    tok, _, greedy = runs
+    sure = dataclasses.replace(greedy[0], top_probs=[0.97] + greedy[0].top_probs[1:],
+                               top_sampled_probs=[1.0] + [0.0] * 19)
+    fig = views.next_token_figure(sure, tok)
+    assert list(fig.layout.xaxis.range) == [0, 1.0]
+    (note,) = fig.layout.annotations
+    assert note.xanchor == "right"  # the note sits inside the bar's end, not past the plot's edge
+    assert fig.layout.height <= style.VIEW_HEIGHT
+
+
+@pytest.fixture(scope="module")
+def session(embedded_lm, runs):
+    from explorer.session import Session
+
+    _, steps, _ = runs
+    s = Session()
+    s.start(embedded_lm.prompt_ids(PROMPT), {"temperature": 0.8, "top_k": 10, "top_p": 0.9})
+    for step in steps:
+        s.add(dataclasses.replace(step, trace=None))
+    s.generating = False
+    return s
+
+
+def test_the_selected_token_picks_the_step_that_produced_it(session):
+    s = session
+    n_prompt = s.n_prompt
+    assert s.steps[0].position == n_prompt
+    for selected, expected in ((None, s.steps[-1]), (n_prompt, s.steps[0]), (n_prompt + 3, s.steps[3])):
+        s.selected = selected
+        assert s.current_step() is expected
+    s.selected = 2
+    assert s.current_step() is None  # a prompt token was given, not sampled
+    s.selected = None
+
+
+def test_the_step_slider_selects_its_token_and_a_prompt_token_gets_a_message(embedded_lm, session):
+    from explorer.analysis import prediction_at, sequence_logprobs
+    import gradio as gr
+
+    from explorer.ui.next_token_tab import NextTokenTab
+
+    s = session
+    with gr.Blocks():
+        tab = NextTokenTab(embedded_lm)
+    tab.set_controls(s, 4)
+    assert s.selected == s.steps[3].position
+    slider, bars, _, summary = tab.render(s)
+    assert slider["value"] == 4 and f"position {s.steps[3].position}" in bars.layout.title.text
+    tab.set_controls(s, len(s.steps))  # the last step of a finished generation is a token like any other
+    assert s.selected == s.steps[-1].position
+    s.selected = 3
+    slider, bars, _, summary = tab.render(s)
+    assert "Token 3" in summary and "part of the prompt" in summary and "generated token" in summary
+    trace = embedded_lm.trace(s.ids)
+    expected = math.exp(sequence_logprobs(trace, start=3, stop=4)[0])
+    prediction = prediction_at(trace, 3)
+    assert prediction.token_id == s.ids[3] and prediction.prob == pytest.approx(expected, rel=1e-4)
+    given = [y for y, c in zip(bars.data[0].y, bars.data[0].marker.line.color) if c == style.SELECTED]
+    assert bars.layout.yaxis.ticktext[given[0]].endswith(f"#{prediction.rank}")
+    assert "position 3" in bars.layout.title.text and f"{prediction.prob:.1%}" in summary
+    s.selected = 0
+    _, bars, _, summary = tab.render(s)
+    assert "no prediction" in summary and f"position {s.steps[0].position}" in bars.layout.title.text
+    s.selected = None
