@@ -26,10 +26,10 @@ class EmbeddingsTab:
         self.background = vocabulary_sample(lm.tokenizer.vocab_size, BACKGROUND)
         with gr.Row():
             with gr.Column(scale=7):
-                self.dims = gr.Radio(["2-D", "3-D"], value="2-D", label="Projection", elem_id="emb-dims")
                 self.projection = gr.Plot(placeholder(EMPTY_HINT), elem_id="emb-projection", show_label=False)
                 self.trajectory = gr.Plot(placeholder(EMPTY_HINT), elem_id="emb-trajectory", show_label=False)
-            with gr.Column(scale=3):
+            with gr.Column(scale=3):  # the view's controls beside it, so the plot starts at the top of the tab
+                self.dims = gr.Radio(["2-D", "3-D"], value="2-D", label="Projection", elem_id="emb-dims")
                 self.neighbours = gr.HTML(elem_id="emb-neighbours")
                 gr.Markdown(EXPLAIN)
         self.outputs = [self.projection, self.trajectory, self.neighbours]

@@ -27,10 +27,10 @@ class NextTokenTab:
         self.lm = lm
         with gr.Row():
             with gr.Column(scale=7):
-                self.step = gr.Slider(1, 2, value=1, step=1, label="Step (generated token)", elem_id="step-slider")
                 self.bars = gr.Plot(placeholder(EMPTY_HINT), elem_id="next-token-bars", show_label=False)
                 self.timeline = gr.Plot(placeholder(EMPTY_HINT), elem_id="next-token-timeline", show_label=False)
-            with gr.Column(scale=3):
+            with gr.Column(scale=3):  # the view's controls beside it, so the plot starts at the top of the tab
+                self.step = gr.Slider(1, 2, value=1, step=1, label="Step (generated token)", elem_id="step-slider")
                 self.summary = gr.HTML(elem_id="next-token-summary")
                 gr.Markdown(EXPLAIN)
         self.outputs = [self.step, self.bars, self.timeline, self.summary]
