@@ -22,6 +22,8 @@ LABELS = {"embeddings": "Embeddings", "attention": "Attention", "dense_mlp": "De
 STAGES = {"resid_norm_in": "‖h‖ residual in", "attn_norm_out_norm": "‖norm(h)‖ into attention",
           "attn_out_norm": "‖attention out‖", "mlp_norm_out_norm": "‖norm(h)‖ into MLP",
           "mlp_out_norm": "‖MLP out‖", "resid_norm_out": "‖h‖ residual out"}
+LEGEND = {"resid_norm_in": "h in", "attn_norm_out_norm": "norm → attention", "attn_out_norm": "attention out",
+          "mlp_norm_out_norm": "norm → MLP", "mlp_out_norm": "MLP out", "resid_norm_out": "h out"}  # ‖·‖ of each
 NORM_NAMES = {"rms": "RMSNorm", "layer": "LayerNorm"}
 MUTED = "#666666"
 
@@ -35,7 +37,8 @@ _CSS = (
     ".arch .box b{font-size:17px}"
     ".arch .arrow{color:%(muted)s;text-align:center;font-size:18px;margin:0}"
     ".arch .cards{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}"
-    ".arch .card{flex:1 1 400px;border:2px solid #bbb;border-radius:10px;padding:6px 10px;background:#FAFAFA}"
+    # min-width 0: a card never grows past its column (its long shapes wrap) into the plots beside it
+    ".arch .card{flex:1 1 300px;min-width:0;overflow-wrap:anywhere;border:2px solid #bbb;border-radius:10px;padding:6px 10px;background:#FAFAFA}"
     ".arch .card>h4{margin:2px 0 6px;font-size:18px}"
     ".arch .p{float:right;font-weight:600;margin-left:8px}"
     ".arch .a{color:%(muted)s;font-weight:400}"
@@ -311,8 +314,8 @@ def parameter_figure(counts: ParameterCounts) -> go.Figure:
     fig.update_xaxes(title_text="parameters", rangemode="tozero")
     title = (f"Parameters: {human(counts.total)} total (pale)<br>{human(counts.active)} active per token (solid)"
              if sparse else f"Parameters: {human(counts.total)}<br>all active for every token")
-    style.layout(fig, title, height=120 + 52 * len(names), barmode="group", bargap=0.25)
-    fig.update_layout(margin=dict(l=160, r=60, t=70))
+    style.layout(fig, title, height=min(style.VIEW_HEIGHT, 110 + 40 * len(names)), barmode="group", bargap=0.2)
+    fig.update_layout(margin=dict(l=160, r=70, t=70, b=45))  # r: room for the count written past the longest bar
     return fig
 
 
@@ -327,14 +330,20 @@ def stages_figure(stages: Sequence[dict], rope: dict | None = None) -> go.Figure
                "mlp_norm_out_norm": "#BDBDBD", "mlp_out_norm": COLOURS["dense_mlp"], "resid_norm_out": "#222222"}
     for key, label in STAGES.items():
         values = [float(s[key]) if s.get(key) is not None else None for s in stages]
-        fig.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=label,
+        fig.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=LEGEND[key],
                                  line=dict(color=colours[key], dash=dashes.get(key, "solid"), width=2.5),
                                  marker=dict(size=5),
                                  hovertemplate=f"layer %{{x}}<br>{label} = %{{y:.4g}}<extra></extra>"))
     fig.update_xaxes(title_text="layer", tickvals=style.thin_ticks(len(stages), 12) if stages else None)
     fig.update_yaxes(title_text="vector norm (log)", type="log", dtick="D2")
+    fig.update_xaxes(title=dict(standoff=4))
     title = "Vector norms through the layers"
     if rope:
         fast, slow = (float(a) for a in rope["angles_first_last"])
-        title += f" · RoPE at position {int(rope['position'])}: {fast:.3g} / {slow:.3g} rad"
-    return style.layout(fig, title, height=400, legend=dict(orientation="h", y=-0.2, x=0))
+        title += f"<br><sup>RoPE at position {int(rope['position'])}: {fast:.3g} / {slow:.3g} rad</sup>"
+    # short names in a legend under the axis: the plot sits in a narrow column beside the diagram
+    style.layout(fig, title, height=style.VIEW_HEIGHT,
+                 legend=dict(orientation="h", y=-0.2, yanchor="top", x=0, font=dict(size=style.FONT_SIZE - 2),
+                             entrywidth=0.5, entrywidthmode="fraction"))
+    fig.update_layout(margin=dict(l=60, r=10, t=75 if rope else 50, b=110))
+    return fig

@@ -17,9 +17,12 @@ from . import style
 from .text import token_text
 
 BACKGROUND_SIZE = 2000  # vocabulary rows drawn behind the context: enough to see the cloud, small to send
-MAX_LABELS = 40  # context tokens labelled with their text; the rest only on hover
+MAX_LABELS = 8  # context tokens labelled with their text besides the selected one; the rest only on hover
 MAX_FIT_POSITIONS = 128  # positions whose hidden states (all layers) fit the trajectory PCA
 OTHER_TRAJECTORIES = 5
+# a label's box as a share of the axis ranges, for a ~600 x 300 px plot at 13 px type: one character's width, a
+# line's height
+_CHAR_WIDTH, _LINE_HEIGHT = 0.014, 0.07
 
 
 def _vocab_rows(E: torch.Tensor, tokenizer: Tokenizer) -> int:
@@ -41,10 +44,12 @@ def _positions_text(positions: list[int]) -> str:
     return shown + (f", … ({len(positions)} times)" if len(positions) > 12 else "")
 
 
-def _scatter(dims: int, xyz: np.ndarray, gl: bool = False, **kwargs) -> go.Scatter | go.Scattergl | go.Scatter3d:
+def _scatter(dims: int, xyz: np.ndarray, **kwargs) -> go.Scatter | go.Scatter3d:
+    # SVG in 2-D, not WebGL: a WebGL trace is drawn on a canvas above every SVG trace, so the vocabulary cloud
+    # would cover the context's points and labels whatever the trace order
     if dims == 3:
         return go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], **kwargs)
-    return (go.Scattergl if gl else go.Scatter)(x=xyz[:, 0], y=xyz[:, 1], **kwargs)
+    return go.Scatter(x=xyz[:, 0], y=xyz[:, 1], **kwargs)
 
 
 def _label_font(dims: int, size: int, colour: str | None = None) -> dict:
@@ -52,17 +57,40 @@ def _label_font(dims: int, size: int, colour: str | None = None) -> dict:
     return dict(size=size, color=colour) if dims == 3 else dict(size=size, color=colour, shadow="0px 0px 3px white")
 
 
-def _finish(fig: go.Figure, dims: int, titles: list[str], title: str, height: int, top_margin: int = 85) -> go.Figure:
-    fig = style.layout(fig, title, height, legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0.0),
-                       uirevision="embeddings")
+def spaced_labels(xy: np.ndarray, texts: Sequence[str], order: Sequence[int], limit: int,
+                  spans: tuple[float, float] | None = None) -> list[int]:
+    """Indices of points to label, taken in `order` (most wanted first), skipping any whose label box (centred
+    above its point, sized from its text) would overlap one already taken; at most `limit`. spans: the axis
+    ranges the boxes are measured against (default: those of xy)."""
+    if spans is None:
+        spans = tuple(float(np.ptp(xy[:, d])) or 1.0 for d in range(2))
+    taken: list[tuple[float, float, float, float]] = []
+    chosen: list[int] = []
+    for i in order:
+        if len(chosen) == limit:
+            break
+        half = max(len(texts[i]), 1) * _CHAR_WIDTH * spans[0] / 2
+        x, y = float(xy[i, 0]), float(xy[i, 1]) + _LINE_HEIGHT * spans[1] / 2
+        box = (x - half, x + half, y - _LINE_HEIGHT * spans[1] / 2, y + _LINE_HEIGHT * spans[1] / 2)
+        if all(box[1] < t[0] or t[1] < box[0] or box[3] < t[2] or t[3] < box[2] for t in taken):
+            taken.append(box)
+            chosen.append(i)
+    return chosen
+
+
+def _finish(fig: go.Figure, dims: int, titles: list[str], title: str, height: int) -> go.Figure:
+    """The house layout with the legend under the plot, where it covers neither the title nor the points."""
+    fig = style.layout(fig, title, height, uirevision="embeddings",
+                       legend=dict(orientation="h", yanchor="top", y=-0.16 if dims == 2 else 0.0, x=0.0,
+                                   font=dict(size=style.FONT_SIZE - 2)))
     if dims == 3:
         fig.update_layout(scene=dict(xaxis_title=titles[0], yaxis_title=titles[1], zaxis_title=titles[2]),
                           scene_camera=dict(eye=dict(x=1.5, y=1.5, z=0.9)),
-                          margin=dict(l=0, r=0, b=0, t=top_margin))
+                          margin=dict(l=0, r=0, b=40, t=75))
     else:
-        fig.update_xaxes(title=titles[0], zeroline=False)
+        fig.update_xaxes(title=dict(text=titles[0], standoff=4), zeroline=False)
         fig.update_yaxes(title=titles[1], zeroline=False)
-        fig.update_layout(margin=dict(t=top_margin))
+        fig.update_layout(margin=dict(t=75, b=95))
     return fig
 
 
@@ -74,10 +102,12 @@ def embedding_projection_figure(
     dims: int = 2,
     selected: int | None = None,
     background_ids: Sequence[int] | None = None,
-    height: int = 560,
+    height: int = style.VIEW_HEIGHT,
 ) -> go.Figure:
-    """The context's input embeddings e_i = E[x_i] (E [V, d]) with a grey sample of the vocabulary, projected on
-    the first 2 or 3 principal components of those rows. A token repeated in the context is one point."""
+    """The context's input embeddings e_i = E[x_i] (E [V, d]) drawn over a grey sample of the vocabulary,
+    projected on the first 2 or 3 principal components of those rows. A token repeated in the context is one
+    point. The selected token is a large red point with its label (and, in 2-D, a callout); a few other context
+    tokens are labelled where their labels do not overlap, the rest only on hover."""
     if dims not in (2, 3):
         raise ValueError("dims must be 2 or 3")
     context_ids = [int(i) for i in context_ids]
@@ -95,16 +125,23 @@ def embedding_projection_figure(
 
     fig = go.Figure()
     fig.add_trace(_scatter(
-        dims, bg_xyz, gl=True, mode="markers", name=f"vocabulary sample ({len(background):,})",
+        dims, bg_xyz, mode="markers", name=f"vocabulary sample ({len(background):,})",
         marker=dict(size=3 if dims == 3 else 4, color=style.BACKGROUND_POINTS),
         text=[style.token_label(token_text(tokenizer, i)) for i in background], customdata=background,
         hovertemplate="%{text} · id %{customdata}<extra>vocabulary</extra>",
     ))
-    selected_id = context_ids[selected] if selected is not None and -len(context_ids) <= selected < len(context_ids) \
-        else None
-    labelled = {unique[i] for i in style.thin_ticks(len(unique), MAX_LABELS)} if unique else set()
+    in_context = selected is not None and -len(context_ids) <= selected < len(context_ids)
+    selected_pos = selected % len(context_ids) if in_context else None
+    selected_id = context_ids[selected_pos] if in_context else None
     labels = {i: style.token_label(token_text(tokenizer, i)) for i in unique}
     hover = [f"{labels[i]} · id {i}<br>position {_positions_text(positions[i])}" for i in unique]
+    # the selected token first, then the tokens nearest to it in the text
+    centre = selected_pos if selected_pos is not None else len(context_ids) - 1
+    order = sorted(range(len(unique)), key=lambda k: (unique[k] != selected_id,
+                                                      min(abs(p - centre) for p in positions[unique[k]])))
+    spans = tuple(float(np.ptp(xyz[:, d])) or 1.0 for d in range(2))
+    labelled = {unique[k] for k in spaced_labels(ctx_xyz, [labels[i] for i in unique], order, MAX_LABELS + 1,
+                                                 spans)} - {selected_id}
     for name, colour, in_part in (("prompt", style.PROMPT, lambda p: p < n_prompt),
                                   ("generated", style.GENERATED, lambda p: p >= n_prompt)):
         members = [k for k, i in enumerate(unique) if in_part(positions[i][0])]
@@ -121,12 +158,20 @@ def embedding_projection_figure(
     if selected_id is not None:
         k = unique.index(selected_id)
         fig.add_trace(_scatter(
-            dims, ctx_xyz[k: k + 1], mode="markers+text", name="selected",
-            marker=dict(size=11 if dims == 3 else 17, color=style.SELECTED, line=dict(color="black", width=1.5)),
-            text=[labels[selected_id]], textposition="top center",
-            textfont=_label_font(dims, 16, style.SELECTED), hovertext=[hover[k]], hoverinfo="text",
+            dims, ctx_xyz[k: k + 1], mode="markers" if dims == 2 else "markers+text",
+            name=f"selected: {labels[selected_id]}", customdata=[selected_pos], meta="position",
+            marker=dict(size=12 if dims == 3 else 20, color=style.SELECTED, line=dict(color="black", width=2.5),
+                        symbol="circle"),
+            text=[labels[selected_id]], textposition="top center", textfont=_label_font(dims, 17, style.SELECTED),
+            hovertext=[hover[k]], hoverinfo="text",
         ))
-    title = "Input embeddings e<sub>i</sub> = E[x<sub>i</sub>]: rows of the embedding matrix, PCA"
+        if dims == 2:
+            fig.add_annotation(x=float(ctx_xyz[k, 0]), y=float(ctx_xyz[k, 1]), text=f"<b>{labels[selected_id]}</b>",
+                               showarrow=True, arrowhead=2, arrowwidth=2, arrowcolor=style.SELECTED, ax=30, ay=-34,
+                               font=dict(size=style.FONT_SIZE + 2, color=style.SELECTED), bgcolor="white",
+                               bordercolor=style.SELECTED, borderwidth=1.5, borderpad=2)
+    title = (f"Input embeddings e<sub>i</sub> = E[x<sub>i</sub>]<br><sup>rows of E on its first {dims} principal "
+             "components, over a grey vocabulary sample</sup>")
     return _finish(fig, dims, _axis_titles(projection.explained_variance_ratio), title, height)
 
 
@@ -157,7 +202,7 @@ def _evenly(n: int, count: int) -> list[int]:
 
 
 @torch.inference_mode()
-def trajectory_figure(trace: Trace, position: int, tokenizer: Tokenizer, dims: int = 2, height: int = 520) -> go.Figure:
+def trajectory_figure(trace: Trace, position: int, tokenizer: Tokenizer, dims: int = 2, height: int = 400) -> go.Figure:
     """The hidden state of the token at `position` after the embedding and after each block, projected with a
     PCA of all layers' hidden states (each divided by its RMS), with a few other positions' paths faint."""
     if dims not in (2, 3):
@@ -194,7 +239,6 @@ def trajectory_figure(trace: Trace, position: int, tokenizer: Tokenizer, dims: i
             hovertemplate=f"position {p}: {token}<br>%{{customdata[0]}}<br>‖h‖ = %{{customdata[1]:.1f}}<extra></extra>",
         ))
     fit_note = f"{len(fit_positions)} of {T} positions" if len(fit_positions) < T else f"all {T} positions"
-    title = (f"Hidden state of position {position} ({style.token_label(token_text(tokenizer, ids[position]))}) "
-             f"through the layers<br><sup>PCA of every layer's hidden states at {fit_note}, each vector divided "
-             f"by its RMS first so the late layers' large norms don't dominate; hover shows the raw norm</sup>")
-    return _finish(fig, dims, _axis_titles(projection.explained_variance_ratio), title, height, top_margin=105)
+    title = (f"Position {position} ({style.token_label(token_text(tokenizer, ids[position]))}) through the layers"
+             f"<br><sup>PCA of all layers' hidden states at {fit_note}, each scaled to RMS 1</sup>")
+    return _finish(fig, dims, _axis_titles(projection.explained_variance_ratio), title, height)

@@ -60,20 +60,22 @@ def expert_colorscale(n_experts: int) -> tuple[list | str, dict]:
     return "Phase", dict(zmin=0, zmax=n_experts)
 
 
-def expert_choice_figure(trace: Trace, tokenizer: Tokenizer, selected: int | None = None, max_tokens: int = 200,
-                         n_prompt: int | None = None, text_max_tokens: int = 48, max_cells: int = 6000) -> go.Figure:
+def expert_choice_figure(trace: Trace, tokenizer: Tokenizer, selected: int | None = None, max_tokens: int = 64,
+                         n_prompt: int | None = None, text_max_tokens: int = 24, max_cells: int = 6000) -> go.Figure:
     """Tokens (x) x MoE layers (y, first at the bottom): each cell coloured by the token's top-1 routed expert in
-    that layer, the id written in the cell when the grid is small; hover lists all k chosen experts with their
-    weights. The selected token's column is outlined. Only the last max_tokens tokens are shown, fewer when
-    layers x tokens would pass max_cells (the hover text makes each cell ~80 bytes of figure)."""
+    that layer, the id written in the cell when the cells are wide enough; hover lists all k chosen experts with
+    their weights. The selected token's column is outlined. A window of max_tokens tokens around the selected one
+    (the last by default) is shown, fewer when layers x tokens would pass max_cells (the hover text makes each cell
+    ~80 bytes of figure)."""
     n_experts = _n_experts(trace)
     moe_layers = trace.moe_layers
     n_tokens = len(trace)
-    start = max(0, n_tokens - min(max_tokens, max(32, max_cells // len(moe_layers))))
-    positions = list(range(start, n_tokens))
-    experts = trace.experts[:, start:]  # [M, P, k]
-    weights = trace.expert_weights[:, start:]
-    labels = _labels(tokenizer, trace.ids[start:].tolist())
+    window = style.window_around(n_tokens, selected, min(max_tokens, max(32, max_cells // len(moe_layers))))
+    start, stop = window.start, window.stop
+    positions = list(window)
+    experts = trace.experts[:, start:stop]  # [M, P, k]
+    weights = trace.expert_weights[:, start:stop]
+    labels = _labels(tokenizer, trace.ids[start:stop].tolist())
     top1 = experts[..., 0].numpy().astype(np.float32)
     chosen = [[", ".join(f"{e} ({w:.3f})" for e, w in zip(es, ws)) for es, ws in zip(row_e, row_w)]
               for row_e, row_w in zip(experts.tolist(), weights.tolist())]
@@ -87,26 +89,26 @@ def expert_choice_figure(trace: Trace, tokenizer: Tokenizer, selected: int | Non
         z=top1, x=positions, y=moe_layers, colorscale=scale, **z_range,
         customdata=custom, meta="x-position",  # clicks select the position
         text=experts[..., 0].tolist() if show_text else None, texttemplate="%{text}" if show_text else None,
-        textfont=dict(size=12), xgap=1 if show_text else 0, ygap=1,
-        colorbar=dict(title=dict(text="top-1 expert", side="right"), thickness=12, tickvals=bar_ticks),
+        textfont=dict(size=12), xgap=1 if len(positions) <= 64 else 0, ygap=1,
+        colorbar=dict(title=dict(text="top-1 expert", side="right"), thickness=10, tickvals=bar_ticks),
         hovertemplate="position %{x}: %{customdata[0]}<br>layer %{y}: experts (weight) %{customdata[1]}"
                       "<extra></extra>",
     ))
-    _token_axis(fig, positions, labels, 24 if show_text else 40)
+    _token_axis(fig, positions, labels, 24)
     _layer_axis(fig, moe_layers)
     n_rows = len(moe_layers)
-    if selected is not None and start <= selected < n_tokens:
+    if selected is not None and start <= selected < stop:
         fig.add_shape(type="rect", x0=selected - 0.5, x1=selected + 0.5, y0=0, y1=1, yref="paper",
                       line=dict(color=style.SELECTED, width=3))
-    if n_prompt is not None and start < n_prompt < n_tokens:
+    if n_prompt is not None and start < n_prompt < stop:
         fig.add_shape(type="line", x0=n_prompt - 0.5, x1=n_prompt - 0.5, y0=0, y1=1, yref="paper",
                       line=dict(color=style.GENERATED, width=2, dash="dash"))
     k = experts.shape[-1]
-    title = f"Routed experts per token: the top-1 of the {k} chosen out of {n_experts}"
-    if start > 0:
-        title += f"<br><sup>last {len(positions)} of {n_tokens} tokens</sup>"
-    style.layout(fig, title, height=190 + min(max(26 * n_rows, 200), 640))
-    fig.update_layout(margin=dict(l=70, r=20, t=80 if start > 0 else 55, b=120))
+    shown = f" · tokens {start}–{stop - 1} of 0–{n_tokens - 1}" if len(positions) < n_tokens else ""
+    title = (f"Top-1 routed expert per token and layer<br><sup>the first of the {k} chosen out of {n_experts}; "
+             f"hover for all {k}{shown}</sup>")
+    style.layout(fig, title, height=min(style.VIEW_HEIGHT, 200 + max(26 * n_rows, 120)))
+    fig.update_layout(margin=dict(l=70, r=10, t=75, b=110))
     return fig
 
 
@@ -125,7 +127,7 @@ def token_experts_figure(trace: Trace, position: int, tokenizer: Tokenizer) -> g
     z.scatter_(1, experts, weights)
     rank = torch.zeros(len(moe_layers), n_experts, dtype=torch.long)
     rank.scatter_(1, experts, torch.arange(1, k + 1).expand_as(experts))
-    small = n_experts <= 32 and len(moe_layers) <= 24
+    small = n_experts <= 16 and len(moe_layers) <= 24  # cells wide enough for "0.67"
     text = [[f"{w:.2f}" if w == w else "" for w in row] for row in z.tolist()] if small else None
     fig = go.Figure(go.Heatmap(
         z=z.numpy(), x=list(range(n_experts)), y=moe_layers, colorscale=WEIGHT_SCALE,
@@ -142,13 +144,13 @@ def token_experts_figure(trace: Trace, position: int, tokenizer: Tokenizer) -> g
         fig.add_trace(go.Heatmap(
             z=np.ones((len(moe_layers), 1), dtype=np.float32), x=[shared_x], y=moe_layers,
             colorscale=[[0, SHARED], [1, SHARED]], showscale=False, text=[["on"]] * len(moe_layers),
-            texttemplate="%{text}" if len(moe_layers) <= 24 else None, textfont=dict(size=11, color="white"), ygap=1,
+            texttemplate="%{text}" if small else None, textfont=dict(size=11, color="white"), ygap=1,
             hovertemplate=f"{n_shared} shared expert{'s' if n_shared > 1 else ''}: always on, output added "
                           "with weight 1<extra></extra>",
         ))
     _layer_axis(fig, moe_layers)
-    ticks = style.thin_ticks(n_experts, 32)
-    fig.update_xaxes(tickvals=([shared_x] if n_shared else []) + ticks,
+    ticks = style.thin_ticks(n_experts, 16)
+    fig.update_xaxes(tickvals=([shared_x] if n_shared else []) + ticks, tickangle=0,
                      ticktext=(["shared"] if n_shared else []) + [str(e) for e in ticks],
                      title_text="routed expert", showgrid=False, zeroline=False)
     label = style.token_label(token_text(tokenizer, int(trace.ids[position])), 24)
@@ -158,7 +160,7 @@ def token_experts_figure(trace: Trace, position: int, tokenizer: Tokenizer) -> g
         scaled += f"; {n_shared} shared expert{'s' if n_shared > 1 else ''} always on"
     title = f"Experts of token {position} ({label}): {k} routed of {n_experts} per layer<br><sup>{scaled}</sup>"
     style.layout(fig, title, height=150 + min(max(26 * len(moe_layers), 120), 600))
-    fig.update_layout(margin=dict(l=70, r=20, t=80, b=60))
+    fig.update_layout(margin=dict(l=70, r=10, t=80, b=60))
     return fig
 
 
@@ -182,7 +184,7 @@ def expert_load_figure(trace: Trace, layer: int | None = None, n_prompt: int | N
     split = n_prompt is not None and 0 < n_prompt < n_tokens
     prompt_counts = expert_counts(trace, stop=n_prompt) if split else counts
     generated_counts = counts - prompt_counts
-    subtitle = f"{n_tokens} tokens × {k} experts each; uniform load T·k/E = {uniform:.1f} tokens per expert"
+    subtitle = f"{n_tokens} tokens × {k} experts each; uniform load T·k/E = {uniform:.1f} per expert"
     if layer is None:
         ratio = counts.float() / uniform
         custom = np.stack([ratio.numpy(), prompt_counts.numpy(), generated_counts.numpy()], axis=-1)
@@ -220,12 +222,14 @@ def expert_load_figure(trace: Trace, layer: int | None = None, n_prompt: int | N
                       annotation_bgcolor="rgba(255,255,255,0.8)")
         fig.update_yaxes(title_text="tokens routed to the expert", rangemode="tozero")
         title = (f"Expert load in layer {layer} (busiest expert {float(counts[row].max()) / uniform:.1f}× uniform)")
-        height = 380
-    ticks = style.thin_ticks(n_experts, 32)
-    fig.update_xaxes(tickvals=ticks, title_text="routed expert", showgrid=False, zeroline=False)
+        height = 400
+    ticks = style.thin_ticks(n_experts, 16)
+    fig.update_xaxes(tickvals=ticks, tickangle=0, title=dict(text="routed expert", standoff=4), showgrid=False,
+                     zeroline=False)
+    # the legend under the axis, where it covers neither the subtitle nor the bars
     style.layout(fig, f"{title}<br><sup>{subtitle}</sup>", height=height, barmode="stack",
-                 legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom", traceorder="normal"))
-    fig.update_layout(margin=dict(l=70, r=20, t=80 if layer is None else 100, b=60))
+                 legend=dict(orientation="h", y=-0.22, x=0, yanchor="top", traceorder="normal"))
+    fig.update_layout(margin=dict(l=70, r=10, t=80, b=60 if layer is None else 95))
     return fig
 
 
@@ -239,9 +243,9 @@ def shared_vs_routed_figure(routing: Routing, tokenizer: Tokenizer, ids: Sequenc
     mode = "lines+markers" if n_tokens <= 80 else "lines"
     fig = go.Figure()
     has_shared = bool(routing.shared_norm.abs().sum() > 0)
-    parts = [("routed experts (weighted sum of the chosen k)", routing.routed_norm, ROUTED)]
+    parts = [("routed (weighted sum of the chosen k)", routing.routed_norm, ROUTED)]
     if has_shared:
-        parts.insert(0, ("shared experts (always on)", routing.shared_norm, SHARED))
+        parts.insert(0, ("shared (always on)", routing.shared_norm, SHARED))
     for name, norm, colour in parts:
         fig.add_trace(go.Scatter(
             x=positions, y=norm.numpy().astype(np.float32), mode=mode, name=name, meta="x-position",
@@ -260,9 +264,10 @@ def shared_vs_routed_figure(routing: Routing, tokenizer: Tokenizer, ids: Sequenc
         subtitle = f"mean ‖routed‖ / ‖shared‖ = {ratio:.2f}"
     else:
         subtitle = "this model has no shared experts"
+    # the legend on a line of its own under the subtitle, clear of both (the token labels fill the bottom)
     style.layout(fig, f"Shared vs routed experts in layer {routing.layer}<br><sup>{subtitle}</sup>", height=400,
-                 legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom"))
-    fig.update_layout(margin=dict(l=70, r=20, t=100, b=120))
+                 legend=dict(orientation="h", y=1.0, x=0, yanchor="bottom", font=dict(size=style.FONT_SIZE - 2)))
+    fig.update_layout(margin=dict(l=70, r=10, t=105, b=110))
     return fig
 
 
@@ -283,25 +288,26 @@ def router_scores_figure(routing: Routing, position: int, k: int, scoring: str =
         hovertemplate="expert %{x}: score %{y:.4f}<extra></extra>",
     ))
     fig.add_trace(go.Scatter(
-        x=chosen, y=values[chosen], mode="markers", name=f"chosen (top-{k})",
+        x=chosen, y=values[chosen], mode="markers", name=f"chosen (top-{k})", showlegend=False,
         marker=dict(symbol="diamond", size=11, color=style.SELECTED, line=dict(color="white", width=1)),
         customdata=np.stack([np.arange(1, len(chosen) + 1), np.array(weights)], axis=-1),
         hovertemplate="expert %{x}: score %{y:.4f}<br>chosen #%{customdata[0]}, weight %{customdata[1]:.4f}"
                       "<extra></extra>",
     ))
     kth = float(scores.topk(min(k, n_experts)).values[-1])
-    fig.add_hline(y=kth, line=dict(color="#222", dash="dash", width=1),
-                  annotation_text=f"cut-off of a plain top-{k} by score", annotation_position="top right",
-                  annotation_bgcolor="rgba(255,255,255,0.8)")
+    fig.add_hline(y=kth, line=dict(color="#222", dash="dash", width=1))
     outside = int((scores[chosen] < kth).sum())
     if outside:
-        note = (f"{outside} of the {k} chosen {'is' if outside == 1 else 'are'} not among the {k} highest scores:"
-                "<br>the load-balancing bias (or the group limit) changed the choice")
+        note = (f"{outside} chosen {'is' if outside == 1 else 'are'} not among the {k} highest scores: the balancing "
+                "bias (or group limit) decided")
     else:
         note = f"the chosen experts are the {k} highest scores"
-    fig.update_xaxes(tickvals=style.thin_ticks(n_experts, 24), title_text="routed expert", showgrid=False)
+    fig.update_xaxes(tickvals=style.thin_ticks(n_experts, 16), tickangle=0, title_text="routed expert",
+                     showgrid=False)
     fig.update_yaxes(title_text=f"router score ({scoring})", rangemode="tozero")
-    style.layout(fig, f"Router scores at token {position}, layer {routing.layer}<br><sup>{note}</sup>", height=400,
-                 legend=dict(orientation="h", y=1.02, x=0, yanchor="bottom"), bargap=0.15)
-    fig.update_layout(margin=dict(l=70, r=20, t=115 if outside else 100, b=60))
+    # what the marks mean goes in the subtitle: a legend or a note on the line would sit on the bars
+    title = (f"Router scores at token {position}, layer {routing.layer}<br><sup>red ◆ the {k} chosen · dashed: where "
+             f"a plain top-{k} by score would cut</sup><br><sup>{note}</sup>")
+    style.layout(fig, title, height=400, bargap=0.15)
+    fig.update_layout(margin=dict(l=70, r=10, t=100, b=60))
     return fig

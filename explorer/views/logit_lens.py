@@ -99,13 +99,8 @@ ROW_HEIGHT = 22  # px per layer row: room for a word in 12 px type
 
 
 def lens_window(n_tokens: int, selected: int | None, width: int = WINDOW) -> list[int]:
-    """`width` consecutive positions of a context of n_tokens around the selected one (the last by default): the
-    selected token a little right of the middle, so more of what led to it shows than what followed."""
-    if n_tokens <= width:
-        return list(range(n_tokens))
-    centre = n_tokens - 1 if selected is None else min(max(selected, 0), n_tokens - 1)
-    start = min(max(0, centre - (2 * width) // 3), n_tokens - width)
-    return list(range(start, start + width))
+    """`width` consecutive positions of a context of n_tokens around the selected one (the last by default)."""
+    return list(style.window_around(n_tokens, selected, width))
 
 
 def layer_rows(n_rows: int, max_rows: int) -> list[int]:

@@ -73,6 +73,16 @@ def thin_ticks(n: int, max_ticks: int = 40) -> list[int]:
     return list(range(0, n, step))
 
 
+def window_around(n: int, selected: int | None, width: int) -> range:
+    """`width` consecutive positions of n around the selected one (the last by default), the selected a little
+    right of the middle so more of what led to it shows than what followed; all of them when n <= width."""
+    if n <= width:
+        return range(n)
+    centre = n - 1 if selected is None else min(max(selected, 0), n - 1)
+    start = min(max(0, centre - (2 * width) // 3), n - width)
+    return range(start, start + width)
+
+
 def escape(text: str) -> str:
     """Every token or prompt text goes through here before it is put into HTML."""
     return html.escape(text, quote=True)

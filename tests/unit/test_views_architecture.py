@@ -12,7 +12,8 @@ import torch
 
 from explorer.session import Session
 from explorer.ui.architecture_tab import CONFIG_FILE, KIMI, ArchitectureTab
-from explorer.views.architecture import (LABELS, STAGES, architecture_html, group_title, human, layer_ranges,
+from explorer.views import style
+from explorer.views.architecture import (LABELS, LEGEND, STAGES, architecture_html, group_title, human, layer_ranges,
                                          parameter_figure, stages_figure)
 from model import ModelConfig
 from model.params import parameter_counts
@@ -111,6 +112,21 @@ def test_live_stages_of_the_real_model(embedded_lm, live):
     assert f"at position {rope['position']}: fastest pair turned {rope['angles_first_last'][0]:.3g} rad" in html
     with pytest.raises(ValueError):
         architecture_html(cfg, parameter_counts(cfg), "x", stages[:-1])
+
+
+def test_figures_fit_a_projector_column_with_nothing_over_their_titles(kimi, live):
+    """In the ~370 px column beside the diagram: a title line, a short subtitle, the legend under the axis."""
+    _, counts = kimi
+    stages, rope = live
+    fig = stages_figure(stages, rope)
+    title = fig.layout.title.text
+    assert title.startswith("Vector norms through the layers<br><sup>RoPE at position")
+    assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
+    assert fig.layout.height <= style.VIEW_HEIGHT and fig.layout.margin.t >= 75
+    assert [t.name for t in fig.data] == list(LEGEND.values()) and max(len(n) for n in LEGEND.values()) <= 16
+    params = parameter_figure(counts)
+    assert params.layout.height <= style.VIEW_HEIGHT
+    assert all(len(line) <= 32 for line in params.layout.title.text.split("<br>"))
 
 
 def test_moe_card_shows_the_chosen_experts(kimi):

@@ -94,15 +94,23 @@ def test_choice_heatmap_is_the_top1_expert(setup):
     assert len(rect) == 1 and rect[0].x0 == position - 0.5 and rect[0].x1 == position + 0.5
 
 
-def test_choice_heatmap_long_context_shows_the_last_tokens(setup):
+def test_choice_heatmap_of_a_long_context_is_a_window_around_the_selected_token(setup):
     _, tok, trace, _, _ = setup
-    fig = views.expert_choice_figure(trace, tok, selected=0, max_tokens=20)
+    n = len(trace)
+    fig = views.expert_choice_figure(trace, tok, max_tokens=20)  # nothing selected: the newest tokens
     heat = fig.data[0]
-    assert list(heat.x) == list(range(len(trace) - 20, len(trace)))
+    assert list(heat.x) == list(range(n - 20, n))
     np.testing.assert_array_equal(np.asarray(heat.z), trace.experts[:, -20:, 0].numpy().astype(np.float32))
-    assert f"last 20 of {len(trace)} tokens" in fig.layout.title.text
-    assert not fig.layout.shapes  # the selected token is outside the shown window
+    assert f"tokens {n - 20}–{n - 1} of 0–{n - 1}" in fig.layout.title.text
+    assert not fig.layout.shapes
     assert heat.texttemplate == "%{text}" and heat.text[0][0] == int(trace.experts[0, -20, 0])
+    for selected in (0, 30):
+        fig = views.expert_choice_figure(trace, tok, selected=selected, max_tokens=20)
+        x = list(fig.data[0].x)
+        assert len(x) == 20 and x == list(range(x[0], x[0] + 20)) and selected in x
+        (rect,) = [s for s in fig.layout.shapes if s.type == "rect"]
+        assert rect.x0 == selected - 0.5
+    assert fig.layout.height <= views.style.VIEW_HEIGHT
 
 
 def test_expert_colours_are_distinct_per_expert():
@@ -196,6 +204,22 @@ def test_router_scores_are_the_routing_scores_with_the_chosen_highlighted(setup)
     assert "not among" in views.router_scores_figure(routing, differs[0], K).layout.title.text
 
 
+def test_marks_are_explained_in_subtitles_and_legends_sit_clear_of_them(setup):
+    """Nothing is written over the bars or the subtitle: the router chart explains its marks in the subtitle,
+    the load chart's legend sits under its axis, the shared/routed legend on a line of its own."""
+    _, tok, trace, n_prompt, _ = setup
+    routing = trace.routing(3)
+    scores = views.router_scores_figure(routing, 7, K)
+    assert not scores.layout.annotations and not any(t.showlegend for t in scores.data)
+    assert f"red ◆ the {K} chosen · dashed: where a plain top-{K}" in scores.layout.title.text
+    assert scores.layout.title.text.count("<sup>") == 2 and scores.layout.margin.t >= 100
+    load = views.expert_load_figure(trace, layer=2, n_prompt=n_prompt)
+    assert load.layout.legend.y < 0 and load.layout.legend.yanchor == "top"
+    shared = views.shared_vs_routed_figure(routing, tok, trace.ids.tolist(), n_prompt=n_prompt)
+    assert shared.layout.legend.y >= 1 and shared.layout.margin.t >= 100
+    assert all(len(t.name) <= 40 for t in shared.data)  # one line of legend at ~600 px
+
+
 def test_token_text_is_escaped_everywhere(setup):
     _, tok, trace, n_prompt, _ = setup
     ids = trace.ids.tolist()
@@ -241,7 +265,7 @@ def test_every_view_draws_a_long_context_and_a_kimi_sized_routing(setup, lm):
     figures += [views.expert_choice_figure(big, tok, selected=250), views.token_experts_figure(big, 250, tok),
                 views.expert_load_figure(big, n_prompt=100)]
     assert all(f.data and f.to_json() for f in figures)
-    assert len(views.expert_choice_figure(big, tok).data[0].x) == 6000 // m  # the cell budget, said in the title
+    assert len(views.expert_choice_figure(big, tok, max_tokens=300).data[0].x) == 6000 // m  # the cell budget
 
 
 def test_tab_renders_the_views_for_the_selected_layer(setup):
