@@ -22,7 +22,7 @@ LABELS = {"embeddings": "Embeddings", "attention": "Attention", "dense_mlp": "De
 STAGES = {"resid_norm_in": "‖h‖ residual in", "attn_norm_out_norm": "‖norm(h)‖ into attention",
           "attn_out_norm": "‖attention out‖", "mlp_norm_out_norm": "‖norm(h)‖ into MLP",
           "mlp_out_norm": "‖MLP out‖", "resid_norm_out": "‖h‖ residual out"}
-LEGEND = {"resid_norm_in": "h in", "attn_norm_out_norm": "norm → attention", "attn_out_norm": "attention out",
+LEGEND = {"resid_norm_in": "h in", "attn_norm_out_norm": "norm → attn", "attn_out_norm": "attn out",
           "mlp_norm_out_norm": "norm → MLP", "mlp_out_norm": "MLP out", "resid_norm_out": "h out"}  # ‖·‖ of each
 NORM_NAMES = {"rms": "RMSNorm", "layer": "LayerNorm"}
 MUTED = "#666666"
@@ -311,7 +311,7 @@ def parameter_figure(counts: ParameterCounts) -> go.Figure:
             hovertemplate=f"%{{customdata[0]}}<br>{which}: %{{customdata[1]}}<extra></extra>",
         ))
     fig.update_yaxes(tickvals=y, ticktext=[LABELS[c] for c in names], autorange="reversed")
-    fig.update_xaxes(title_text="parameters", rangemode="tozero")
+    fig.update_xaxes(title_text="parameters", rangemode="tozero", nticks=4, tickangle=0)
     title = (f"Parameters: {human(counts.total)} total (pale)<br>{human(counts.active)} active per token (solid)"
              if sparse else f"Parameters: {human(counts.total)}<br>all active for every token")
     style.layout(fig, title, height=min(style.VIEW_HEIGHT, 110 + 40 * len(names)), barmode="group", bargap=0.2)

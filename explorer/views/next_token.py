@@ -43,10 +43,12 @@ def _probability_axes(fig: go.Figure, labels: list[str], top: float) -> None:
     fig.update_xaxes(title_text="probability", range=[0, min(1.0, top * 1.25 + 1e-3)], tickformat=".0%")
 
 
-def _mark(fig: go.Figure, x: float, row: int, text: str, x_max: float) -> None:
-    """A red note beside the bar of the drawn (or given) token; inside the bar's end when it reaches the edge."""
+def _mark(fig: go.Figure, x: float, row: int, word: str, x_max: float) -> None:
+    """A red note pointing at the end of the drawn (or given) token's bar: beside it, or before it, pointing
+    right, when the bar reaches the plot's edge."""
     inside = x > 0.7 * x_max
-    fig.add_annotation(x=x, y=row, text=text, showarrow=False, xanchor="right" if inside else "left",
+    fig.add_annotation(x=x, y=row, text=f"{word} ▶" if inside else f"◀ {word}", showarrow=False,
+                       xanchor="right" if inside else "left",
                        xshift=-8 if inside else 10, bgcolor="rgba(255,255,255,0.85)",
                        font=dict(color=style.SELECTED, size=style.FONT_SIZE + 1))
 
@@ -93,7 +95,7 @@ def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = ROWS, settings_
     top = max(max(row[2], row[3]) for row in rows)
     _, _, p_model, p_after, _ = rows[sampled_row]
     _probability_axes(fig, labels, top)
-    _mark(fig, max(p_model, p_after), sampled_row, "◀ sampled", fig.layout.xaxis.range[1])
+    _mark(fig, max(p_model, p_after), sampled_row, "sampled", fig.layout.xaxis.range[1])
     plural = "s" if step.n_kept != 1 else ""
     kept = f"the sampler kept {step.n_kept} token{plural} ({step.kept_mass:.1%} of the mass)"
     return _finish(fig, f"Next token at position {step.position}",
@@ -117,16 +119,16 @@ def given_token_figure(prediction: Prediction, tokenizer: Tokenizer, k: int = RO
         hovertemplate="%{customdata}<br>model p = %{x:.4f}<extra></extra>",
     ))
     _probability_axes(fig, labels, max(p for *_, p in rows))
-    _mark(fig, prediction.prob, given_row, "◀ what came", fig.layout.xaxis.range[1])
+    _mark(fig, prediction.prob, given_row, "what came", fig.layout.xaxis.range[1])
     title = f"What the model expected at position {prediction.position}"
     subtitle = f"the prompt's token had p = {prediction.prob:.1%} (rank {prediction.rank}); nothing was sampled"
     return _finish(fig, title, subtitle, height)
 
 
 def prompt_token_html(position: int, token: str, prediction: Prediction | None = None) -> str:
-    """The Next token tab's summary while a prompt token is selected: it was given, not sampled, and how to see a
-    sampled one; with its prediction, how likely the model found it."""
-    label = style.escape(token)
+    """The Next token tab's summary while a prompt token (its text: `token`) is selected: it was given, not sampled,
+    and how to see a sampled one; with its prediction, how likely the model found it."""
+    label = style.token_label(token, max_len=24)
     if prediction is None:
         body = (f"Token {position} (<b>{label}</b>) is the first token of the prompt: nothing comes before it, so "
                 "the model made no prediction for it. The plot shows the first generated token.")

@@ -123,7 +123,7 @@ def test_figures_fit_a_projector_column_with_nothing_over_their_titles(kimi, liv
     assert title.startswith("Vector norms through the layers<br><sup>RoPE at position")
     assert fig.layout.legend.y < 0 and fig.layout.legend.yanchor == "top"
     assert fig.layout.height <= style.VIEW_HEIGHT and fig.layout.margin.t >= 75
-    assert [t.name for t in fig.data] == list(LEGEND.values()) and max(len(n) for n in LEGEND.values()) <= 16
+    assert [t.name for t in fig.data] == list(LEGEND.values()) and max(len(n) for n in LEGEND.values()) <= 12
     params = parameter_figure(counts)
     assert params.layout.height <= style.VIEW_HEIGHT
     assert all(len(line) <= 32 for line in params.layout.title.text.split("<br>"))

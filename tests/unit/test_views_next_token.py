@@ -129,7 +129,7 @@ def test_the_probability_axis_stops_at_100_percent(runs):
     fig = views.next_token_figure(sure, tok)
     assert list(fig.layout.xaxis.range) == [0, 1.0]
     (note,) = fig.layout.annotations
-    assert note.xanchor == "right"  # the note sits inside the bar's end, not past the plot's edge
+    assert note.xanchor == "right" and note.text == "sampled ▶"  # before the bar's end, not past the plot's edge
     assert fig.layout.height <= style.VIEW_HEIGHT
 
 
@@ -176,6 +176,7 @@ def test_the_step_slider_selects_its_token_and_a_prompt_token_gets_a_message(emb
     s.selected = 3
     slider, bars, _, summary = tab.render(s)
     assert "Token 3" in summary and "part of the prompt" in summary and "generated token" in summary
+    assert f"(<b>{style.token_label(embedded_lm.tokenizer.decode([s.ids[3]]))}</b>)" in summary  # · for a space
     trace = embedded_lm.trace(s.ids)
     expected = math.exp(sequence_logprobs(trace, start=3, stop=4)[0])
     prediction = prediction_at(trace, 3)
