@@ -2,7 +2,6 @@
 config.json, with shapes and parameters in total and active per token; live vector norms for the loaded model."""
 from __future__ import annotations
 
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from explorer.config_files import config_name, read_config_json
 from explorer.session import Session
 from explorer.ui.common import placeholder
 from explorer.views import style
@@ -21,7 +21,6 @@ ASSETS = Path(__file__).resolve().parents[2] / "assets"
 KIMI_CONFIG = ASSETS / "kimi-k2-instruct.config.json"
 KIMI = "Kimi-K2 (config only, 1T parameters)"
 CONFIG_FILE = "A config.json (path below)"
-MAX_CONFIG_BYTES = 1_000_000
 EXPLAIN = ("Every block reads the residual stream h through a **norm**, lets its tokens exchange information in "
            "**attention**, adds the result back, then transforms each token alone in the **MLP**. In a "
            "**Mixture of Experts** a router picks a few experts per token, so most parameters rest for any one "
@@ -44,32 +43,14 @@ def allowed_config_dirs() -> list[Path]:
 
 def read_config(path_text: str, allowed: list[Path] | None = None) -> ModelConfig:
     """An HF config.json, or a folder holding one, -> ModelConfig; any problem is a ValueError saying what.
-    Only files under the allowed folders are read: a public server must not open arbitrary paths."""
-    if not path_text.strip():
-        raise ValueError("type the path of a config.json (or of a folder holding one) in the box")
-    path = Path(path_text.strip()).expanduser()
-    roots = allowed_config_dirs() if allowed is None else allowed
-    if not any(path.resolve().is_relative_to(root) for root in roots):
-        raise ValueError(f"this server only opens configs under {', '.join(str(r) for r in roots)} "
-                         "(the operator can add folders with EXPLORER_CONFIG_DIRS)")
+    Only regular files under the allowed folders are read (explorer/config_files.py): a public server must not open
+    arbitrary paths."""
+    data = read_config_json(path_text, allowed_config_dirs() if allowed is None else allowed)
     try:
-        if path.is_dir():
-            path = path / "config.json"
-        if path.suffix != ".json":
-            raise ValueError("expected a .json file (or a folder holding config.json)")
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ValueError("the file is too large to be a config.json")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("the file does not hold a JSON object")
-        folder_named = path.name == "config.json" and path.parent.name
-        name = path.parent.name if folder_named else path.stem.removesuffix(".config")
-        return ModelConfig.from_hf_config(data, name=name)
-    except FileNotFoundError:
-        raise ValueError(f"no such file: {path}") from None
+        return ModelConfig.from_hf_config(data, name=config_name(path_text))
     except KeyError as e:
         raise ValueError(f"the config has no {e.args[0]!r}") from None
-    except (OSError, TypeError, ValueError, ArithmeticError, AttributeError) as e:  # incl. JSONDecodeError
+    except (TypeError, ValueError, ArithmeticError, AttributeError) as e:
         raise ValueError(str(e) or type(e).__name__) from None
 
 
