@@ -170,8 +170,8 @@ def embedding_projection_figure(
                                showarrow=True, arrowhead=2, arrowwidth=2, arrowcolor=style.SELECTED, ax=30, ay=-34,
                                font=dict(size=style.FONT_SIZE + 2, color=style.SELECTED), bgcolor="white",
                                bordercolor=style.SELECTED, borderwidth=1.5, borderpad=2)
-    title = (f"Input embeddings e<sub>i</sub> = E[x<sub>i</sub>]<br><sup>rows of E on its first {dims} principal "
-             "components, over a grey vocabulary sample</sup>")
+    title = (f"Input embeddings e<sub>i</sub> = E[x<sub>i</sub>]<br><sup>rows of E on {dims} principal components, over "
+             "a grey vocabulary sample</sup>")
     return _finish(fig, dims, _axis_titles(projection.explained_variance_ratio), title, height)
 
 

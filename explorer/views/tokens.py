@@ -314,5 +314,5 @@ def logprob_share_figure(
     fig.update_yaxes(title="−log p (nats)", rangemode="tozero")
     title = "Surprisal of each token: −log P(x<sub>t</sub> | x<sub>&lt;t</sub>)" + subtitle
     style.layout(fig, title, height, showlegend=False, bargap=0.15)
-    fig.update_layout(margin=dict(t=95 if subtitle else 50))
+    fig.update_layout(margin=dict(t=105 if subtitle else 50))  # two subtitle lines, room for presentation type
     return fig
