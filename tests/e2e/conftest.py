@@ -113,9 +113,9 @@ def browser():
         b.close()
 
 
-def open_page(browser, url: str):
+def open_page(browser, url: str, viewport: dict | None = None):
     """A fresh browser context on the app, ready to use; page.js_errors collects uncaught page errors."""
-    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    context = browser.new_context(viewport=viewport or {"width": 1500, "height": 1100})
     context.set_default_timeout(HANG * 1000)
     page = context.new_page()
     page.js_errors = []
