@@ -314,6 +314,5 @@ def logprob_share_figure(
     fig.update_yaxes(title="−log p (nats)", rangemode="tozero")
     title = "Surprisal of each token: −log P(x<sub>t</sub> | x<sub>&lt;t</sub>)" + subtitle
     style.layout(fig, title, height, showlegend=False, bargap=0.15)
-    # the three title lines hang from the top, so in presentation type they grow away from the plot
-    fig.update_layout(margin=dict(t=105 if subtitle else 50), title=dict(y=0.98, yanchor="top"))
+    fig.update_layout(margin=dict(t=105 if subtitle else 50))  # two subtitle lines, room for presentation type
     return fig
