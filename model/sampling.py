@@ -10,6 +10,9 @@ import torch
 
 # top-p without top-k first looks for its nucleus among this many most likely tokens
 TOP_P_CANDIDATES = 1024
+# a temperature below this acts as greedy: logits / temperature overflow float32 near 1e-37 (every logit ±inf, so
+# softmax is NaN), and well before that sampling already is argmax (a logit gap of 0.01 at 1e-4 is a factor e^-100)
+GREEDY_BELOW_TEMPERATURE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class SamplerSettings:
 
     @property
     def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0
+        """Greedy when asked, or when the temperature is below GREEDY_BELOW_TEMPERATURE (0 included)."""
+        return self.greedy or self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import gradio as gr
+from gradio_client.utils import is_file_obj_with_meta
 
 from explorer.generations import ACTIVE, Generation
 from explorer.ui.common import Limits
 from model import LanguageModel
+from model.sampling import GREEDY_BELOW_TEMPERATURE
 
 MAX_SEED = 2**32 - 1
+SHOWN_CHARS = 80  # of a client's value quoted in a message
 
 
 @dataclass(frozen=True)
@@ -23,40 +26,38 @@ class GenerationRequest:
     top_k: int
     top_p: float
     seed: int
-    greedy: bool
+    greedy: bool  # as decoded: also true for a temperature below the sampler's floor (see note)
     chat: bool
     stop_at_eos: bool = True  # False: only the token limit, the time limit or Stop end it
+    note: str | None = None  # how the request was read, when not as sent (a tiny temperature decodes greedily)
 
     @classmethod
     def checked(cls, prompt: Any, max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any,
                 greedy: Any, chat: Any, stop_at_eos: Any, limits: Limits) -> "GenerationRequest":
-        """Validate everything a client could send; raise gr.Error with a message a user can act on."""
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise gr.Error("The prompt is empty: type some text first.")
-        try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError:
-            raise gr.Error("The prompt is not valid Unicode (it holds lone surrogates); send UTF-8 text.") from None
-        number = lambda v, name: _number(v, name)
-        temperature, top_p = number(temperature, "temperature"), number(top_p, "top-p")
-        if temperature < 0 or temperature > 10:
-            raise gr.Error(f"Temperature must be between 0 and 10, got {temperature}.")
-        if not 0 < top_p <= 1:
-            raise gr.Error(f"Top-p must be in (0, 1], got {top_p}.")
-        top_k = _integer(top_k, "top-k", 0, limits.max_top_k)
-        max_new_tokens = _integer(max_new_tokens, "max new tokens", 1, limits.max_new_tokens)
-        seed = _integer(0 if seed is None else seed, "seed", 0, MAX_SEED)
-        return cls(prompt, max_new_tokens, temperature, top_k, top_p, seed, bool(greedy), bool(chat), bool(stop_at_eos))
+        """Validate everything a client could send, strictly typed as JSON types it (text, numbers that are not
+        booleans, booleans); raise a user error with a message a user can act on."""
+        prompt = _prompt(prompt)
+        temperature = _real(temperature, "Temperature", "between 0 and 10", lambda x: 0 <= x <= 10)
+        top_p = _real(top_p, "Top-p", "in (0, 1]", lambda x: 0 < x <= 1)
+        top_k = _whole(top_k, "Top-k", 0, limits.max_top_k)
+        max_new_tokens = _whole(max_new_tokens, "Max new tokens", 1, limits.max_new_tokens)
+        seed = _whole(0 if seed is None else seed, "Seed", 0, MAX_SEED)
+        greedy, chat, stop_at_eos = _flag(greedy, "greedy"), _flag(chat, "chat"), _flag(stop_at_eos, "stop_at_eos")
+        note = None
+        if not greedy and 0 < temperature < GREEDY_BELOW_TEMPERATURE:
+            greedy, note = True, (f"A temperature below {GREEDY_BELOW_TEMPERATURE:g} decodes greedily (the most "
+                                  "likely token at each step).")
+        return cls(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat, stop_at_eos, note)
 
     def prompt_ids(self, lm: LanguageModel, limits: Limits) -> list[int]:
         if self.chat and lm.tokenizer.chat_template is None:
-            raise gr.Error("This model has no chat template; untick 'Chat template'.")
+            raise user_error("This model has no chat template; untick 'Chat template'.")
         if len(self.prompt) > limits.max_prompt_tokens * 64:  # refuse before tokenizing megabytes
-            raise gr.Error(f"The prompt is {len(self.prompt):,} characters; this server accepts at most "
+            raise user_error(f"The prompt is {len(self.prompt):,} characters; this server accepts at most "
                            f"{limits.max_prompt_tokens} tokens.")
         ids = lm.prompt_ids(self.prompt, chat=self.chat)
         if len(ids) > limits.max_prompt_tokens:
-            raise gr.Error(f"The prompt is {len(ids)} tokens; this server accepts at most {limits.max_prompt_tokens}.")
+            raise user_error(f"The prompt is {len(ids)} tokens; this server accepts at most {limits.max_prompt_tokens}.")
         return ids
 
     def settings(self) -> dict[str, Any]:
@@ -76,21 +77,96 @@ class GenerationRequest:
                     top_p=self.top_p, seed=self.seed, greedy=self.greedy, stop_at_eos=self.stop_at_eos)
 
 
-def _number(value: Any, name: str) -> float:
+def user_error(message: str) -> gr.Error:
+    """A client's mistake, told in a sentence: Gradio shows it and, unlike an error of the app, logs no traceback."""
+    return gr.Error(message, print_exception=False)
+
+
+def shown(value: Any) -> str:
+    """A client's value as a message may quote it: its repr, cut to SHOWN_CHARS characters (a 5 MB string sent as a
+    number must not come back whole, nor fill the server's log)."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}… ({len(text):,} characters)"
+
+
+def _described(value: Any) -> str:
+    """What a client sent, by its JSON type and value: "text 'false'", "true", "a list [1, 2]"."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    kind = {str: "text", int: "the number", float: "the number", list: "a list", dict: "an object"}.get(type(value))
+    return f"{kind or 'a value'} {shown(value)}"
+
+
+def _prompt(value: Any) -> str:
+    if not isinstance(value, str):
+        raise user_error(f"The prompt must be text, got {_described(value)}.")
+    if not value.strip():
+        raise user_error("The prompt is empty: type some text first.")
     try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
-    if not math.isfinite(x):
-        raise gr.Error(f"{name} must be a finite number, got {value!r}.")
-    return x
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise user_error("The prompt is not valid Unicode (it holds lone surrogates); send UTF-8 text.") from None
+    return value
 
 
-def _integer(value: Any, name: str, low: int, high: int) -> int:
-    x = _number(value, name)
-    if x != int(x) or not low <= x <= high:
-        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
-    return int(x)
+def _flag(value: Any, name: str) -> bool:
+    """A boolean, strictly: the text "false" or the number 0 is refused, not read as Python's truth."""
+    if not isinstance(value, bool):
+        raise user_error(f"{name} must be true or false, got {_described(value)}.")
+    return value
+
+
+def _real(value: Any, name: str, wanted: str, within: Callable[[float], bool]) -> float:
+    """A number (an int or a float, never a boolean or text) that is finite and `within`; Python compares a huge int
+    with a float exactly, so no int is ever too large to check."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise user_error(f"{name} must be a number, got {_described(value)}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise user_error(f"{name} must be a finite number, got {shown(value)}.")
+    if not within(value):
+        raise user_error(f"{name} must be {wanted}, got {shown(value)}.")
+    return float(value)
+
+
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    """A whole number from low to high: an int, or a float with no fraction (sliders send 32.0), never a boolean."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise user_error(f"{name} must be a whole number from {low} to {high}, got {_described(value)}.")
+    return value
+
+
+def check_event_inputs(app: gr.Blocks) -> None:
+    """Replaces Gradio's first check of the values an event receives, before Gradio touches them. Gradio answers too
+    few values with an error that lists every value received (a prompt among them) and logs a traceback; this says
+    only how many were expected (extra values are ignored, as Gradio does). And no event of this app takes a file,
+    so a file reference (Gradio's FileData, which Gradio would otherwise try to copy from the path it names) is
+    refused too. Neither is logged."""
+    def validate_inputs(block_fn: Any, inputs: list[Any]) -> None:
+        if len(inputs) < len(block_fn.inputs):
+            raise user_error(f"This endpoint takes {len(block_fn.inputs)} values; {len(inputs)} were sent.")
+        if any(_holds_file(value) for value in inputs):
+            raise user_error("This app takes no files.")
+
+    app.validate_inputs = validate_inputs
+
+
+def _holds_file(value: Any) -> bool:
+    """Whether a value, nested lists and objects included, holds a FileData (walked without recursion, so that no
+    nesting depth a JSON parser lets through can overflow the stack)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if is_file_obj_with_meta(item):
+            return True
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[dict]]:
@@ -100,7 +176,8 @@ def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[di
         """Generate from a prompt; streams the text so far and, per token, its id, text, probability, entropy
         and the top-5 alternatives. finish_reason is null until the last result, which says why it ended:
         "stop" (an end-of-text token; never with stop_at_eos=False), "length" (max new tokens or the server's
-        context) or "time" (the server's time limit)."""
+        context) or "time" (the server's time limit). note is null, or a sentence on how the request was read when
+        not as sent: a temperature below 1e-4 decodes greedily."""
         request = GenerationRequest.checked(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat,
                                             stop_at_eos, limits)
         ids = request.prompt_ids(lm, limits)
@@ -113,7 +190,8 @@ def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[di
                                    top=[dict(id=i, text=lm.tokenizer.decode([i]), prob=p)
                                         for i, p in zip(step.top_ids[:5], step.top_probs[:5])]))
             if steps or generation.finish_reason is not None:
-                yield dict(text=text, prompt_tokens=len(ids), tokens=tokens, finish_reason=generation.finish_reason)
+                yield dict(text=text, prompt_tokens=len(ids), tokens=tokens, finish_reason=generation.finish_reason,
+                           note=request.note)
 
     return generate
 

@@ -86,9 +86,9 @@ def test_unusual_but_valid_prompts_generate(client, prompt):
 
 @pytest.mark.parametrize("params,expected", [
     (dict(temperature=-0.5), "emperature"), (dict(top_p=0.0), "op-p"), (dict(top_p=1.5), "op-p"),
-    (dict(top_k=-1), "top-k"), (dict(top_k=10**9), "top-k"), (dict(seed=-1), "seed"), (dict(seed=2**40), "seed"),
-    (dict(max_new_tokens=0), "max new tokens"), (dict(max_new_tokens=10**6), "max new tokens"),
-    (dict(max_new_tokens=2.5), "max new tokens"),
+    (dict(top_k=-1), "Top-k"), (dict(top_k=10**9), "Top-k"), (dict(seed=-1), "Seed"), (dict(seed=2**40), "Seed"),
+    (dict(max_new_tokens=0), "Max new tokens"), (dict(max_new_tokens=10**6), "Max new tokens"),
+    (dict(max_new_tokens=2.5), "Max new tokens"),
 ])
 def test_bad_parameters_are_refused(client, params, expected):
     message = error_of(lambda: generate(client, prompt="Hi", **params))

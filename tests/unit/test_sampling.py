@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.sampling import SamplerSettings, entropy, sample
+from model.sampling import GREEDY_BELOW_TEMPERATURE, SamplerSettings, entropy, sample
 
 LOGITS = torch.tensor([3.0, 2.0, 1.0, 0.5, 0.0, -1.0])
 
@@ -20,6 +20,19 @@ def test_greedy_and_temperature_zero_pick_argmax():
     for settings in (SamplerSettings(greedy=True), SamplerSettings(temperature=0.0)):
         s = sample(LOGITS, settings, gen())
         assert s.token_id == 0 and s.kept.sum() == 1 and s.final_probs[0] == 1
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-45, GREEDY_BELOW_TEMPERATURE / 2])
+def test_a_temperature_below_the_floor_acts_as_greedy(temperature):
+    """Dividing by a temperature near 1e-37 overflowed float32: softmax was NaN and every step drew the last token of
+    the vocabulary with p = 0."""
+    logits = torch.randn(49152, generator=gen(3)) * 3
+    settings = SamplerSettings(temperature=temperature, top_k=0, top_p=1.0)
+    assert settings.is_greedy
+    for seed in range(3):
+        s = sample(logits, settings, gen(seed))
+        assert s.token_id == int(torch.argmax(logits)) and s.final_probs[s.token_id] == 1
+    assert not SamplerSettings(temperature=GREEDY_BELOW_TEMPERATURE).is_greedy
 
 
 def test_model_distribution_is_softmax_of_logits_whatever_the_settings():
