@@ -13,6 +13,10 @@
   document.addEventListener("click", (event) => {
     const chip = event.target.closest && event.target.closest(".tok[data-pos]");
     if (chip) select(chip.dataset.pos);
+    // a tab opens at its top, not where the last one was scrolled to
+    if (event.target.closest && event.target.closest("#tabs [role=tab]")) {
+      requestAnimationFrame(() => document.querySelectorAll("#tabs .tabitem").forEach((t) => { t.scrollTop = 0; }));
+    }
   });
 
   document.addEventListener("keydown", (event) => {

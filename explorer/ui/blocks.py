@@ -124,8 +124,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                         tabs[cls.title] = tab
                         tab.block = tab_block
 
-        def render_tab(s: Session) -> dict:
-            tab = tabs[s.active_tab]
+        def render_tab(s: Session, tab: Any = None) -> dict:
+            """The open tab's outputs (or those of `tab`), drawn for this session."""
+            tab = tab or tabs[s.active_tab]
             values = MODEL_THREAD.run(tab.render, s)  # renders recompute with torch
             return {c: presentation_fonts(v, s.presentation) for c, v in zip(tab.outputs, values)}
 
@@ -222,7 +223,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             for control in getattr(tab, "controls", []):
                 def on_control(s: Session, *values, tab=tab) -> dict:
                     tab.set_controls(s, *values)  # may move the selection (the Next token tab's step slider)
-                    return {output: render_output(s), **render_tab(s)}
+                    return {output: render_output(s), **render_tab(s, tab)}  # this control's tab, open or not
 
                 # always_last: a textbox typed into while a render runs still ends on what was typed
                 control.input(on_control, [state, *tab.controls], [output, *tab.outputs], api_visibility="private",
