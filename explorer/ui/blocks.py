@@ -139,7 +139,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, eos, limits)
             ids = request.prompt_ids(lm, limits)
             s.start(ids, request.settings())
-            yield {state: s, output: render_output(s), status: "Generating…", refresher: gr.Timer(active=True),
+            note = f" {request.note}" if request.note else ""  # e.g. a tiny temperature decodes greedily
+            yield {state: s, output: render_output(s), status: "Generating…" + note, refresher: gr.Timer(active=True),
                    **running(True)}
             started = time.monotonic()
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
@@ -157,6 +158,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             message = finish_message(reason, len(s.steps), rate, limits.time_limit_seconds)
             if reason == "stop" and len(s.steps) <= 2 and not request.chat and tok.chat_template is not None:
                 message += ENDED_AT_ONCE
+            message += note
             yield {output: render_output(s), status: message, refresher: gr.Timer(active=False)}
 
         def running(yes: bool) -> dict:

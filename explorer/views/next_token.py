@@ -9,6 +9,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from model.lm import Step
+from model.sampling import GREEDY_BELOW_TEMPERATURE
 from model.tokenizer import Tokenizer
 
 from ..analysis import Prediction
@@ -182,7 +183,7 @@ def sampler_summary_html(step: Step, temperature: float, top_k: int, top_p: floa
     chosen = f'<b class="tok" data-pos="{step.position}">{token}</b>'
     spread = (f"The model's distribution has entropy {step.entropy:.2f} nats: about as uncertain as a fair choice "
               f"among {math.exp(step.entropy):.1f} tokens.")
-    if greedy or temperature == 0:
+    if greedy or temperature < GREEDY_BELOW_TEMPERATURE:
         body = (f"<li><b>Greedy</b>: no randomness; the most likely token is always taken.</li>"
                 f"<li>It was {chosen}, with probability {step.prob:.1%}.</li>")
     else:
