@@ -70,7 +70,8 @@ def test_grid_lays_out_every_layer_and_head_from_one_recomputation_per_layer(set
     assert z.dtype == np.float32
     assert z.shape == (cfg.n_layers * 25 - 1, cfg.n_heads * 25 - 1)
     tile = z[3 * 25 : 3 * 25 + 24, 2 * 25 : 2 * 25 + 24]
-    np.testing.assert_allclose(tile, views.pool_attention(trace.attention(3), 24)[2].numpy(), equal_nan=True)
+    np.testing.assert_allclose(tile, views.pool_attention(trace.attention(3), 24)[2].numpy(), equal_nan=True,
+                               rtol=1e-5, atol=1e-7)
     assert np.isnan(z[24, :]).all() and np.isnan(z[:, 24]).all()  # gaps between tiles
     # coordinates are in layer / head units, so the hover can round them to the layer and head
     assert np.rint(np.asarray(heat.x)[2 * 25 : 2 * 25 + 24]).tolist() == [2] * 24
@@ -127,8 +128,40 @@ def test_map_mean_hide_sink_and_window(setup):
     z = np.asarray(cropped.data[0].z)
     assert z.shape == (30, 30)
     np.testing.assert_array_equal(z[-1], attn[1, -1, -30:].numpy())
-    assert f"last 30 of {len(ids)} tokens" in cropped.layout.title.text
+    assert f"tokens {len(ids) - 30}–{len(ids) - 1} of {len(ids)}" in cropped.layout.title.text
     assert cropped.data[0].y[0].startswith(f"{len(ids) - 30} ")
+
+
+def test_map_window_holds_the_selected_token_and_keeps_exact_rows(setup):
+    _, tok, ids, trace = setup
+    attn = trace.attention(6)
+    n = len(ids)
+    fig = views.attention_map_figure(attn, 6, 4, ids, tok, hide_sink=True, selected=40, max_tokens=32)
+    heat = fig.data[0]
+    z = np.asarray(heat.z)
+    assert z.shape == (32, 32) and heat.y[0].startswith("19 ") and heat.x[-1].startswith("50 ")
+    # rows are the model's rows (renormalised over every key without the sink), cut to the window's keys
+    expected = views.hide_first_token(attn[4])[19:51, 19:51].numpy()
+    lower = np.tril(np.ones((32, 32), dtype=bool))
+    np.testing.assert_allclose(z[lower], expected[lower], rtol=1e-6)
+    assert np.isnan(z[~lower]).all()
+    (row,) = fig.layout.shapes
+    assert (row.y0, row.y1) == (20.5, 21.5)  # token 40 is row 21 of the window (style.window_around)
+    assert f"tokens 19–50 of {n}" in fig.layout.title.text
+    assert fig.layout.height == views.style.VIEW_HEIGHT
+
+
+def test_grid_figure_leaves_layers_not_computed_blank(setup):
+    lm, _, _, trace = setup
+    tiles = [None] * trace.n_layers
+    tiles[2] = views.pool_layer(trace.attention(2), 16)
+    fig = views.grid_figure([t if t is None else t[1] for t in tiles], len(trace), hide_sink=True, note="computing")
+    z = np.asarray(fig.data[0].z)
+    np.testing.assert_allclose(z[2 * 17 : 2 * 17 + 16, :16],
+                               views.pool_attention(views.hide_first_token(trace.attention(2)), 16)[0].numpy(),
+                               equal_nan=True, rtol=1e-5, atol=1e-7)
+    assert np.isnan(z[: 2 * 17]).all() and np.isnan(z[3 * 17 :]).all()
+    assert fig.data[0].meta == "layer-head" and "computing" in fig.layout.title.text
 
 
 def test_attention_text_html(setup):
@@ -144,9 +177,23 @@ def test_attention_text_html(setup):
     assert len(re.findall(r'class="tok[ "]', html)) == len(ids)
     assert [int(p) for p in re.findall(r'data-pos="(\d+)"', html)] == list(range(len(ids)))
     assert "<br>" in html and "↵" in html
+    # a line may break before every space, so it never needs to break inside a word
+    assert html.count('<span class="ws">·</span>') == html.count('<wbr><span class="ws">·</span>') > 3
+    assert "word-break" not in html
     strongest = int(torch.argmax(row))
     span = re.search(rf'data-pos="{strongest}" style="([^"]*)" title="([^"]*)"', html)
     assert "rgba(33,113,181,0.900)" in span.group(1)
     assert f"{float(row[strongest]):.4f}" in span.group(2)
     assert re.search(rf'data-pos="{query}" style="[^"]*outline:2px solid', html)
     assert re.search(rf'class="tok future" data-pos="{query + 1}"', html)
+
+
+def test_pool_layer_equals_pooling_the_map_and_the_map_without_its_sink(setup):
+    _, _, _, trace = setup
+    attn = trace.attention(9)
+    for size in (12, 500):
+        shown, hidden = views.pool_layer(attn, size)
+        np.testing.assert_allclose(shown, views.pool_attention(attn, size).numpy(), rtol=1e-5, atol=1e-7,
+                                   equal_nan=True)
+        np.testing.assert_allclose(hidden, views.pool_attention(views.hide_first_token(attn), size).numpy(),
+                                   rtol=1e-4, atol=1e-6, equal_nan=True)
