@@ -1,7 +1,7 @@
-// The Attention tab's page side: a click on the layers x heads overview opens that layer and head; while the
-// overview is still being filled (its layout.meta.pending), ask the server for more between generations; the text
-// panel keeps the selected (query) token in view. Requests go through the hidden #attn-pick textbox, whose input
-// event renders the tab like any of its controls (explorer/ui/attention_tab.py).
+// The Attention tab's page side: a click on the layers x heads overview opens that layer and head, and its outline
+// follows the layer and head shown; while the overview is still being filled (its layout.meta.pending), ask the
+// server for more between generations; the text panel keeps the selected (query) token in view. Requests go through
+// the hidden #attn-pick textbox, whose input event renders the tab like any of its controls (attention_tab.py).
 (() => {
   const POLL_MS = 150;
   const GIVE_UP_MS = 5000; // a request whose answer never drew the overview stops blocking the next one
@@ -43,7 +43,36 @@
     return !!(meta && meta.pending);
   }
 
+  // the overview's outline follows the layer and head that the controls show, once the map has them: the server
+  // sends the overview again only when its maps change (explorer/views/attention.py grid_figure draws the same)
+  function outlineSelection() {
+    const plot = overview(), Plotly = window.Plotly;
+    const meta = plot && plot.layout && plot.layout.meta;
+    const shapes = plot && plot.layout && plot.layout.shapes;
+    if (!Plotly || !meta || meta.tile === undefined || !shapes || !shapes.length) return;
+    const layerBox = document.querySelector("#attn-layer input[type=number]");
+    const headBox = document.querySelector("#attn-head input");
+    if (!layerBox || !headBox) return;
+    const layer = Number(layerBox.value), head = headBox.value;
+    const heads = head === "mean" ? [0, meta.heads - 1] : [Number(head), Number(head)];
+    if (Number.isNaN(layer) || Number.isNaN(heads[0])) return;
+    const stride = meta.tile + 1, centre = meta.tile / (2 * stride) - 0.5;
+    const half = meta.tile / (2 * stride) + 0.5 / stride;
+    const box = { x0: heads[0] + centre - half, x1: heads[1] + centre + half, y0: layer + centre - half,
+                  y1: layer + centre + half };
+    const now = shapes[0];
+    if (["x0", "x1", "y0", "y1"].every((k) => Math.abs(now[k] - box[k]) < 1e-6)) return;
+    Plotly.relayout(plot, { shapes: [{ ...now, ...box }] });
+  }
+
+  function bindMap(plot) {
+    if (plot.__attentionBound || !plot.on) return;
+    plot.__attentionBound = true;
+    plot.on("plotly_afterplot", outlineSelection);
+  }
+
   setInterval(() => {
+    outlineSelection(); // the controls may show a new layer or head after the map has drawn (a click on the overview)
     const plot = overview();
     if (!plot || !pending(plot) || plot.offsetParent === null || generating()) return;
     if (asked && performance.now() - asked < GIVE_UP_MS) return;
@@ -72,6 +101,8 @@
   new MutationObserver(() => {
     const plot = overview();
     if (plot) bindOverview(plot);
+    const map = document.querySelector("#attn-map .js-plotly-plot");
+    if (map) bindMap(map);
     const panel = document.querySelector("#attn-text");
     if (panel) watchText(panel);
   }).observe(document.documentElement, { childList: true, subtree: true });

@@ -1,5 +1,5 @@
-"""Click latency of the Attention tab in Chromium at 1280x720, from the click (pointer or key down) to the map changed on
-screen: opening the tab, changing the layer and the head, clicking a token of the text, toggling hide-sink, on a
+"""Click latency of the Attention tab in Chromium at 1280x720, from the click (pointer or key down) to the map changed
+on screen: opening the tab, changing the layer and the head, clicking a token of the text, toggling hide-sink, on a
 ~64-token and a ~1,024-token context; the first Attention render at ~1,200 tokens; and how long those renders stall a
 second session's generation. Run: PYTHONPATH=. .venv/bin/python -m bench.clicks [--repeat 3]"""
 from __future__ import annotations

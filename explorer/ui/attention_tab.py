@@ -187,7 +187,8 @@ class AttentionTab:
         attn = view.attention(trace, s.layer)  # [H, T, T]
         selection = (n, s.layer, s.head, s.hide_sink, position)
         grid, pending = view.overview(trace, s.layer, attn, deadline)
-        grid_key = (grid.n_tokens, grid.done, pending, s.hide_sink, s.layer, s.head)
+        # the overview's outline of the selected layer and head moves in the page (assets/attention.js)
+        grid_key = (grid.n_tokens, grid.done, pending, s.hide_sink)
         return [
             view.send("map", selection, lambda: attention_map_figure(attn, s.layer, s.head, ids, tok, s.hide_sink,
                                                                      position, max_tokens=MAP_TOKENS)),
@@ -216,7 +217,9 @@ class AttentionTab:
         else:
             note = ""
         fig = grid_figure(tiles, grid.n_tokens, s.hide_sink, s.layer, s.head, note=note)
-        fig.update_layout(meta=dict(pending=pending))  # assets/attention.js asks for more while pending
+        # for assets/attention.js: ask for more while pending; the tiles' size and the heads, to move the outline
+        tile = next(t for t in tiles if t is not None)
+        fig.update_layout(meta=dict(pending=pending, tile=tile.shape[-1], heads=tile.shape[0]))
         return fig
 
     def latent_view(self, trace: Trace, s: Session, view: AttentionView, ids: list[int], position: int) -> Any:

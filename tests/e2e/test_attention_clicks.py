@@ -17,6 +17,11 @@ OVERVIEW_DONE = """() => {
     return !!(gd && gd.layout && gd.layout.meta && gd.layout.meta.pending === false);
 }"""
 
+OUTLINE_AROUND = """([layer, head]) => {
+    const box = document.querySelector('#attn-grid .js-plotly-plot').layout.shapes[0];
+    return box.y0 < layer && layer < box.y1 && box.x0 < head && head < box.x1 && box.x1 - box.x0 < 1.01;
+}"""
+
 
 @pytest.fixture()
 def small_page(browser, app_url):
@@ -62,8 +67,12 @@ def test_a_click_on_the_overview_opens_that_layer_and_head(small_page):
     page.wait_for_function(f"() => ({MAP_TITLE})().startsWith('Layer 12, head 4')")
     page.wait_for_function("() => document.querySelector('#attn-layer input[type=number]').value === '12'")
     assert page.input_value("#attn-head input") == "4"
-    outline = page.evaluate("() => document.querySelector('#attn-grid .js-plotly-plot').layout.shapes[0]")
-    assert outline["y0"] < 12 < outline["y1"] and outline["x0"] < 4 < outline["x1"]
+    page.wait_for_function(OUTLINE_AROUND, arg=[12, 4])
+    # another layer from the slider: the overview is not sent again, its outline moves in the page
+    page.locator("#attn-layer input[type=range]").focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"() => ({MAP_TITLE})().startsWith('Layer 13, head 4')")
+    page.wait_for_function(OUTLINE_AROUND, arg=[13, 4])
 
 
 def test_long_context_map_window_fits_and_text_keeps_words_whole(small_page):
