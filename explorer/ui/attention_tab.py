@@ -32,7 +32,7 @@ MAP_TOKENS = 160  # the full map shows at most this many tokens, a window around
 # with every session's decoding, so a long context's overview fills a layer or so per render (the page asks for
 # more, assets/attention.js) and a render costs another session about one token's time
 FILL_SECONDS = 0.15
-TEXT_HEIGHT = VIEW_HEIGHT - 190  # the text under the controls, ending with the map beside it
+TEXT_HEIGHT = VIEW_HEIGHT - 210  # the text under the controls, ending with the map beside it
 KEPT_LAYERS = 1  # full [H, T, T] maps kept per session: 52 MB each at 1,200 tokens, and 30 students share a server
 
 
