@@ -26,6 +26,7 @@ class Session:
     moe_load_all: bool = False  # Experts tab: load histogram of every MoE layer instead of one
     generating: bool = False
     stop_requested: bool = False
+    run: int = 0  # counts generations started in this session: a stopped one must stay stopped when another starts
     next_refresh: float = 0.0  # monotonic time before which the live refresh of the open tab waits
     rendered_steps: int = 0  # steps the open tab last showed while streaming
     _full_trace: Trace | None = None
@@ -36,8 +37,13 @@ class Session:
         self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
         self.selected, self._full_trace = None, None
         self.generating, self.stop_requested, self.rendered_steps, self.next_refresh = True, False, 0, 0.0
+        self.run += 1
         self._cache.clear()
         self.extras.clear()
+
+    def stopped(self, run: int) -> bool:
+        """Whether generation number `run` must end: Stop, a closed tab, or a newer generation in this session."""
+        return self.stop_requested or self.run != run
 
     def add(self, step: Step) -> None:
         self.steps.append(step)

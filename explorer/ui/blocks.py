@@ -139,19 +139,22 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, eos, limits)
             ids = request.prompt_ids(lm, limits)
             s.start(ids, request.settings())
+            run = s.run
             note = f" {request.note}" if request.note else ""  # e.g. a tiny temperature decodes greedily
             yield {state: s, output: render_output(s), status: "Generating…" + note, refresher: gr.Timer(active=True),
                    **running(True)}
             started = time.monotonic()
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
-            generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stop_requested)
+            generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stopped(run))
             for steps in generation.follow(limits.text_hz):
-                if s.stop_requested:
+                if s.stopped(run):
                     break  # before adding: Stop has already shown the text as it was
                 for step in steps[len(s.steps):]:
                     s.add(step)
                 yield {output: render_output(s),
                        status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
+            if s.run != run:
+                return  # a newer generation owns the session (and its screen) now
             s.generating = False
             rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
             reason = "stopped" if s.stop_requested else generation.finish_reason
@@ -159,15 +162,16 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             if reason == "stop" and len(s.steps) <= 2 and not request.chat and tok.chat_template is not None:
                 message += ENDED_AT_ONCE
             message += note
-            yield {output: render_output(s), status: message, refresher: gr.Timer(active=False)}
+            yield {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
 
         def running(yes: bool) -> dict:
             """While a generation runs Generate is off (a second click would restart it) and Stop is on."""
             return {generate: gr.Button(interactive=not yes), stop: gr.Button(interactive=yes)}
 
         def after_generation(s: Session) -> dict:
-            # runs however the generation ended (an error included), so the buttons never stay switched
-            return {**running(False), **render_tab(s)}
+            # runs however the generation ended (an error, Stop), so the buttons never stay switched; unless a newer
+            # generation has started meanwhile
+            return {**({} if s.generating else running(False)), **render_tab(s)}
 
         def on_tick(s: Session) -> dict:
             if not s.generating or s.rendered_steps == len(s.steps) or time.monotonic() < s.next_refresh:
@@ -197,13 +201,13 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             s.stop_requested = True
             s.generating = False
             message = finish_message("stopped", len(s.steps), 0.0, limits.time_limit_seconds)
-            # the cancelled generation never sends its last update, which stops the refresher: stop it here
-            return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False),
-                    **render_tab(s)}
+            # the cancelled generation never sends its last update, which stops the refresher: stop it here. At once:
+            # the views are redrawn after (a slow redraw must not land after a new generation has begun)
+            return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
 
-        stop.click(on_stop, [state], everything + [refresher, generate, stop], cancels=[gen_event],
-                   api_visibility="private",
-                   queue=False)
+        stop.click(on_stop, [state], [output, status, refresher, generate, stop], cancels=[gen_event],
+                   api_visibility="private", show_progress="hidden", queue=False).then(
+            after_generation, [state], tab_outputs + [generate, stop], api_visibility="private", show_progress="hidden")
 
         def on_select(value: Any, s: Session) -> dict:
             try:
@@ -212,8 +216,10 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 return gr.skip()
             return {output: render_output(s), **render_tab(s)}
 
+        # progress: a small timer on the plots that are being redrawn, none over the text (whose selection just moved)
+        on_views = dict(show_progress="minimal", show_progress_on=tab_outputs)
         position = gr.Number(visible=False)
-        select_token.click(on_select, [position, state], everything, api_visibility="private",
+        select_token.click(on_select, [position, state], everything, api_visibility="private", **on_views,
                            js="(position, s) => [window.__explorerPos ?? null, s]")
 
         for title, tab in tabs.items():
@@ -221,15 +227,17 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 s.active_tab = title
                 return render_tab(s)
 
-            tab.block.select(on_tab, [state], everything, api_visibility="private")
+            tab.block.select(on_tab, [state], tab_outputs, api_visibility="private", **on_views)
             for control in getattr(tab, "controls", []):
                 def on_control(s: Session, *values, tab=tab) -> dict:
+                    before = s.selected
                     tab.set_controls(s, *values)  # may move the selection (the Next token tab's step slider)
-                    return {output: render_output(s), **render_tab(s, tab)}  # this control's tab, open or not
+                    text = render_output(s) if s.selected != before else gr.skip()
+                    return {output: text, **render_tab(s, tab)}  # this control's tab, open or not
 
                 # always_last: a textbox typed into while a render runs still ends on what was typed
                 control.input(on_control, [state, *tab.controls], [output, *tab.outputs], api_visibility="private",
-                              trigger_mode="always_last")
+                              trigger_mode="always_last", show_progress="hidden")
 
         def on_example(picked: gr.SelectData) -> tuple[str, bool, Any]:
             # only an option picked from the open menu lands here (focus, blur and Tab do not select), and the
