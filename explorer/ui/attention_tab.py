@@ -185,10 +185,10 @@ class AttentionTab:
         position = s.position(trace)
         texts = view.token_texts(tok, ids)
         attn = view.attention(trace, s.layer)  # [H, T, T]
-        selection = (n, s.layer, s.head, s.hide_sink, position)
+        selection = (n, s.layer, s.head, s.hide_sink, position, s.presentation)  # presentation: the type size
         grid, pending = view.overview(trace, s.layer, attn, deadline)
         # the overview's outline of the selected layer and head moves in the page (assets/attention.js)
-        grid_key = (grid.n_tokens, grid.done, pending, s.hide_sink)
+        grid_key = (grid.n_tokens, grid.done, pending, s.hide_sink, s.presentation)
         return [
             view.send("map", selection, lambda: attention_map_figure(attn, s.layer, s.head, ids, tok, s.hide_sink,
                                                                      position, max_tokens=MAP_TOKENS)),
@@ -226,7 +226,7 @@ class AttentionTab:
         mla = self.lm.config.mla
         if mla is None:
             return gr.skip()
-        return view.send("latent", (len(trace), s.layer, position), lambda: latent_figure(
+        return view.send("latent", (len(trace), s.layer, position, s.presentation), lambda: latent_figure(
             trace.latent(s.layer), ids, self.lm.tokenizer, s.layer, self.lm.config.n_heads, mla.qk_head_dim,
             mla.v_head_dim, mla.qk_rope_dim, position))
 
