@@ -71,6 +71,18 @@ class Session:
             self._full_trace = lm.trace(self.ids)
         return self._full_trace
 
+    def prepare_trace(self, lm: LanguageModel, run: Callable[..., Any]) -> None:
+        """After a generation: the whole context's trace, built a chunk per call of run (the model thread's), so that
+        other sessions' tokens go between the chunks; trace() then finds it. Called off the model thread."""
+        ids = self.ids
+        if self.generating or not ids or (self._full_trace is not None and len(self._full_trace) == len(ids)):
+            return
+        chunks = lm.trace_in_chunks(ids)
+        while (trace := run(next, chunks)) is None:
+            pass
+        if self.ids == ids and not self.generating:  # no new generation began meanwhile
+            self._full_trace = trace
+
     def position(self, trace: Trace) -> int:
         """The selected position, clamped to the trace; the last token by default."""
         last = len(trace) - 1

@@ -104,6 +104,21 @@ class LanguageModel:
         recorder.commit(x[0])
         return recorder.trace()
 
+    @torch.inference_mode()
+    def trace_in_chunks(self, ids: Sequence[int], chunk: int = 128) -> Iterator[Trace | None]:
+        """The Trace of trace(ids), computed `chunk` tokens at a time over a KV cache (as a prompt is read before
+        generating): each next() runs one chunk and yields None, the last yields the Trace. A server can run each
+        chunk as a task of its own, so other work goes between them."""
+        if len(ids) == 0:
+            raise ValueError("cannot trace an empty sequence")
+        cache = KVCache(self.config.n_layers, initial_capacity=len(ids))
+        recorder = TraceRecorder(self.decoder, capacity=len(ids))
+        for start in range(0, len(ids), chunk):
+            x = self._tensor(ids[start : start + chunk])
+            self.decoder(x, cache=cache, recorder=recorder, last_only=True)
+            recorder.commit(x[0])
+            yield recorder.trace() if start + chunk >= len(ids) else None
+
     def generate(
         self,
         prompt: str | Sequence[int],

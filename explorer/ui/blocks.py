@@ -127,6 +127,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         def render_tab(s: Session, tab: Any = None) -> dict:
             """The open tab's outputs (or those of `tab`), drawn for this session."""
             tab = tab or tabs[s.active_tab]
+            s.prepare_trace(lm, MODEL_THREAD.run)  # after a generation, once: in chunks, other sessions between
             values = MODEL_THREAD.run(tab.render, s)  # renders recompute with torch
             return {c: presentation_fonts(v, s.presentation) for c, v in zip(tab.outputs, values)}
 

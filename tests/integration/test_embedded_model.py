@@ -111,3 +111,13 @@ def test_trace_of_1024_tokens_fits_the_budget(embedded_lm):
     att = trace.attention(10)
     assert att.shape == (9, 1024, 1024)
     torch.testing.assert_close(att.sum(-1), torch.ones(9, 1024))
+
+
+def test_a_trace_in_chunks_is_the_trace(embedded_lm):
+    ids = (embedded_lm.tokenizer.encode(" the quick brown fox jumps over the lazy dog") * 40)[:300]
+    chunks = list(embedded_lm.trace_in_chunks(ids, chunk=128))
+    assert [c is None for c in chunks] == [True, True, False]  # 128 + 128 + 44 tokens: one yield per chunk
+    whole, chunked = embedded_lm.trace(ids), chunks[-1]
+    assert chunked.ids.tolist() == ids
+    torch.testing.assert_close(chunked.hidden_states, whole.hidden_states, atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(chunked.attention(12), whole.attention(12), atol=1e-5, rtol=1e-4)
