@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from explorer.views.style import VIEW_HEIGHT
-from tests.e2e.conftest import HANG
+from tests.e2e.conftest import open_page
 
 PROMPT = ("The students looked at the attention maps again, and one of them noticed that the first token collects "
           "attention whenever a head has nothing better to do. ")
@@ -25,13 +25,7 @@ OUTLINE_AROUND = """([layer, head]) => {
 
 @pytest.fixture()
 def small_page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1280, "height": 720})
-    context.set_default_timeout(HANG * 1000)
-    page = context.new_page()
-    page.js_errors = []
-    page.on("pageerror", lambda e: page.js_errors.append(str(e)))
-    page.goto(app_url)
-    page.wait_for_selector("#generate")
+    context, page = open_page(browser, app_url, {"width": 1280, "height": 720})
     yield page
     context.close()
     assert page.js_errors == []
