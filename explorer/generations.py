@@ -62,6 +62,7 @@ class Generation:
         self.steps: list[Any] = []
         self.error: BaseException | None = None
         self.finish_reason: str | None = None
+        self.context_trace: Any = None  # recorded runs that ended by themselves: the whole context's Trace
         self._stop = threading.Event()
         self._news = threading.Condition()
         self._should_stop = should_stop
@@ -98,6 +99,10 @@ class Generation:
             self.steps.append(step)
             self._news.notify_all()
         if step.finish_reason is not None:
+            try:  # asked once more, a recording generation returns the whole context's trace (one token's work)
+                next(self._tokens)
+            except StopIteration as done:
+                self.context_trace = done.value
             return step.finish_reason
         return "time" if self._clock() > self._deadline else None
 

@@ -71,6 +71,11 @@ class Session:
             self._full_trace = lm.trace(self.ids)
         return self._full_trace
 
+    def adopt_trace(self, trace: Trace | None) -> None:
+        """The whole context's trace, handed over by the generation that ended (None: prepare_trace builds it)."""
+        if trace is not None and trace.ids.tolist() == self.ids:
+            self._full_trace = trace
+
     def prepare_trace(self, lm: LanguageModel, run: Callable[..., Any]) -> None:
         """After a generation: the whole context's trace, built a chunk per call of run (the model thread's), so that
         other sessions' tokens go between the chunks; trace() then finds it. Called off the model thread."""

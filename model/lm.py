@@ -3,7 +3,7 @@ a Step per new token (what was chosen, from which distribution, and the Trace of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Generator, Iterator, Sequence
 
 import torch
 
@@ -132,8 +132,10 @@ class LanguageModel:
         chat: bool = False,
         top_n: int = 20,
         stop_at_eos: bool = True,
-    ) -> Iterator[Step]:
-        """Yield one Step per new token. temperature 0 or greedy=True picks the most likely token."""
+    ) -> Generator[Step, None, Trace | None]:
+        """Yield one Step per new token. temperature 0 or greedy=True picks the most likely token. With record, a
+        next() after the last Step (an end-of-text token or max_new_tokens) returns the Trace of the whole context,
+        the last token included, as the generator's return value (StopIteration.value)."""
         settings = SamplerSettings(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -146,7 +148,7 @@ class LanguageModel:
     def _generate(
         self, ids: list[int], max_new_tokens: int, settings: SamplerSettings, seed: int | None,
         record: bool, top_n: int, stop_at_eos: bool,
-    ) -> Iterator[Step]:
+    ) -> Generator[Step, None, Trace | None]:
         generator = torch.Generator(device="cpu")
         if seed is None:
             generator.seed()
@@ -175,7 +177,13 @@ class LanguageModel:
                 finish_reason=finish,
                 trace=recorder.trace() if recorder is not None else None,
             )
-            if finish:
-                return
             x = torch.tensor([[token]], dtype=torch.long, device=self.device)
+            if finish:
+                if recorder is None:
+                    return
+                # asked for once more after the last step: the last token through the model too, so the returned
+                # Trace (the generator's return value) covers the whole context, for one token's work
+                self.decoder(x, cache=cache, recorder=recorder, last_only=True)
+                recorder.commit(x[0])
+                return recorder.trace()
             position += 1

@@ -156,6 +156,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                        status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
             if s.run != run:
                 return  # a newer generation owns the session (and its screen) now
+            s.adopt_trace(generation.context_trace)
             s.generating = False
             rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
             reason = "stopped" if s.stop_requested else generation.finish_reason

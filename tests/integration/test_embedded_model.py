@@ -121,3 +121,16 @@ def test_a_trace_in_chunks_is_the_trace(embedded_lm):
     assert chunked.ids.tolist() == ids
     torch.testing.assert_close(chunked.hidden_states, whole.hidden_states, atol=2e-4, rtol=1e-4)
     torch.testing.assert_close(chunked.attention(12), whole.attention(12), atol=1e-5, rtol=1e-4)
+
+
+def test_a_recording_generation_returns_the_whole_context_trace(embedded_lm):
+    prompt_ids = embedded_lm.tokenizer.encode(PROMPT)
+    tokens = embedded_lm.generate(prompt_ids, max_new_tokens=5, greedy=True, record=True, stop_at_eos=False)
+    steps = [next(tokens) for _ in range(5)]
+    with pytest.raises(StopIteration) as done:
+        next(tokens)
+    ids = prompt_ids + [s.token_id for s in steps]
+    trace = done.value.value
+    assert trace.ids.tolist() == ids  # the last token included
+    torch.testing.assert_close(trace.hidden_states, embedded_lm.trace(ids).hidden_states, atol=2e-4, rtol=1e-4)
+    assert len(steps[-1].trace) == len(ids) - 1  # each step's own trace is still the context it was predicted from
