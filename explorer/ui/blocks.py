@@ -147,17 +147,20 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             started = time.monotonic()
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
             generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stopped(run))
-            for steps in generation.follow(limits.text_hz):
-                if s.stopped(run):
-                    break  # before adding: Stop has already shown the text as it was
-                for step in steps[len(s.steps):]:
-                    s.add(step)
-                yield {output: render_output(s),
-                       status: f"Generating… {len(s.steps)} tokens, {len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
+            try:
+                for steps in generation.follow(limits.text_hz):
+                    if s.stopped(run):
+                        break  # before adding: Stop has already shown the text as it was
+                    for step in steps[len(s.steps):]:
+                        s.add(step)
+                    yield {output: render_output(s), status: f"Generating… {len(s.steps)} tokens, "
+                                                             f"{len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
+                s.adopt_trace(generation.context_trace)
+            finally:  # however it ended, an error included (after_generation then switches the buttons back)
+                if s.run == run:
+                    s.generating = False
             if s.run != run:
                 return  # a newer generation owns the session (and its screen) now
-            s.adopt_trace(generation.context_trace)
-            s.generating = False
             rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
             reason = "stopped" if s.stop_requested else generation.finish_reason
             message = finish_message(reason, len(s.steps), rate, limits.time_limit_seconds)
