@@ -34,14 +34,12 @@ def main() -> None:
     from explorer.model_thread import MODEL_THREAD
 
     loading = MODEL_THREAD.submit(_load, args.model, args.device, args.dtype)
-    from explorer.ui.api import check_event_inputs
     from explorer.ui.blocks import build_app, css, head_html
     from explorer.ui.common import Limits
 
     limits = Limits.from_env()
     lm = loading.result()
     app = MODEL_THREAD.run(build_app, lm, limits)
-    check_event_inputs(app)
     app.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
     app.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), head=head_html(),
                theme="default", show_error=True, max_file_size=MAX_UPLOAD_BYTES)

@@ -11,7 +11,7 @@ import gradio as gr
 
 from explorer.model_thread import MODEL_THREAD
 from explorer.session import Session
-from explorer.ui.api import GenerationRequest, api_generate, api_stats
+from explorer.ui.api import GenerationRequest, api_generate, api_stats, check_event_inputs
 from explorer.analysis import stage_values
 from explorer.ui.architecture_tab import ArchitectureTab
 from explorer.ui.attention_tab import AttentionTab
@@ -267,4 +267,5 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
         gr.api(api_stats(), api_name="stats", queue=False)
+    check_event_inputs(app)  # part of the app, whoever launches it
     return app
