@@ -10,7 +10,9 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from gradio_client import Client
 from playwright.sync_api import Page, sync_playwright
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, start_app
@@ -176,21 +178,24 @@ def clicks(s: Session, timings: Timings, context: str, prompt: str, n_new: int, 
     return n
 
 
-def stall(s1: Session, s2: Session, prompt: str) -> dict[str, float]:
+def stall(s1: Session, s2: Session, server: Client, prompt: str) -> dict[str, Any]:
     """Gaps between updates of the second session's text on screen: on its own, then while the first session opens the
-    Attention tab on a fresh long context and clicks in it."""
+    Attention tab on a fresh long context and clicks in it; and the longest task of each kind the model thread ran
+    meanwhile (a token of the second session waits for at most one of them)."""
     s1.open_tab("Tokens")
     s1.generate(prompt, 4)  # a context of its own: the Attention tab's first render comes next
     s2.generate(SHORT_PROMPT, 256, wait=False)
     s2.page.wait_for_function("() => document.querySelectorAll('#output .tok').length > 20", polling=100)
     s2.page.evaluate(WATCH_TOKENS)
     time.sleep(4)
+    server.predict(api_name="/stats")  # from here, the model thread's longest task of each kind
     alone_end = s2.page.evaluate("() => performance.now()")
     s1.timed(lambda: s1.open_tab("Attention"))
     s1.timed(lambda: s1.step_layer("ArrowRight"))
     s1.timed(s1.pick_head)
     s1.timed(lambda: s1.click_token(300))
     during_end = s2.page.evaluate("() => performance.now()")
+    longest = server.predict(api_name="/stats")["longest_model_tasks"]
     times = s2.page.evaluate("() => window.__times")
     updates = sorted(set(times))  # several tokens arrive in one update of the text
     if s2.page.locator("#stop").is_enabled():
@@ -202,7 +207,8 @@ def stall(s1: Session, s2: Session, prompt: str) -> dict[str, float]:
     return dict(token_ms=(times[n_alone - 1] - times[0]) / max(1, n_alone - 1),
                 alone_median=statistics.median(alone), alone_max=max(alone),
                 during_median=statistics.median(during) if during else float("nan"),
-                during_max=max(during, default=float("nan")), during_s=(during_end - alone_end) / 1000)
+                during_max=max(during, default=float("nan")), during_s=(during_end - alone_end) / 1000,
+                longest=longest)
 
 
 def report(timings: Timings, contexts: dict[str, int], stalls: dict[str, float], load: tuple) -> None:
@@ -218,6 +224,8 @@ def report(timings: Timings, contexts: dict[str, int], stalls: dict[str, float],
           f"(one token every {stalls['token_ms']:.0f} ms on average; the text refreshes at most 10 times a second)")
     print(f"  while the first session opens Attention at ~1,200 tokens and clicks ({stalls['during_s']:.1f} s): "
           f"median {stalls['during_median']:.0f}, max {stalls['during_max']:.0f}")
+    print("  the model thread's longest task of each kind meanwhile (ms): " + ", ".join(
+        f"{name} {seconds * 1000:.0f}" for name, seconds in sorted(stalls["longest"].items(), key=lambda kv: -kv[1])))
 
 
 def main() -> None:
@@ -237,7 +245,7 @@ def main() -> None:
             s1.generate(long_prompt(63), 4)
             contexts["longest"] = s1.n_tokens()
             timings.add("longest: first render (open the tab)", *s1.timed(lambda: s1.open_tab("Attention")))
-            stalls = stall(s1, s2, long_prompt(62))
+            stalls = stall(s1, s2, Client(url, verbose=False), long_prompt(62))
             browser.close()
     finally:
         proc.terminate()

@@ -42,7 +42,9 @@ class ActiveGenerations:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return dict(active_generations=self.count, ended_generations=dict(self.ended),
-                        generated_tokens=self.tokens)
+                        generated_tokens=self.tokens,
+                        # seconds, since the previous call: what another session's next token may have waited for
+                        longest_model_tasks=MODEL_THREAD.longest_tasks(reset=True))
 
 
 ACTIVE = ActiveGenerations()

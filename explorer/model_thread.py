@@ -1,15 +1,20 @@
-"""The one thread on which the app runs torch.
+"""The one thread on which the app runs the model.
 
 libgomp (PyTorch's OpenMP) gives every thread that starts a parallel region a team of its own, and once a process
 holds more OpenMP threads than CPUs, every team stops spin-waiting between parallel regions and sleeps instead.
 Decoding makes hundreds of short parallel regions a token, so one idle extra team halves its speed. Gradio runs
 handlers on many worker threads, so the app sends all model work here: loading, each token of each generation, and
-every render that recomputes from a trace. Generations take turns token by token, renders fit in between."""
+every recomputation from a trace. Generations take turns token by token; a render draws its figures on the thread
+that asked for it (drawing() keeps torch there to one OpenMP thread, so no team joins) and sends only what it
+recomputes with the model here (Recomputing), so that another session waits at most that long for its next token."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
+
+import torch
 
 T = TypeVar("T")
 
@@ -18,19 +23,73 @@ class ModelThread:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._ident: int | None = None
+        self._longest: dict[str, float] = {}
         self._pool.submit(self._remember).result()
 
     def _remember(self) -> None:
         self._ident = threading.get_ident()
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future:
-        return self._pool.submit(fn, *args, **kwargs)
+        return self._pool.submit(self._timed, fn, *args, **kwargs)
+
+    def _timed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            name = getattr(fn, "__qualname__", type(fn).__name__)
+            self._longest[name] = max(self._longest.get(name, 0.0), time.perf_counter() - start)
+
+    def longest_tasks(self, reset: bool = False) -> dict[str, float]:
+        """The longest run, in seconds, of each kind of task (by function name) since the last reset: what another
+        session's next token may have waited for."""
+        longest = dict(self._longest)
+        if reset:
+            self._longest.clear()
+        return longest
+
+    def is_current(self) -> bool:
+        return threading.get_ident() == self._ident
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """fn(*args, **kwargs) on the model thread; called from the model thread itself, it just runs."""
-        if threading.get_ident() == self._ident:
+        if self.is_current():
             return fn(*args, **kwargs)
-        return self._pool.submit(fn, *args, **kwargs).result()
+        return self.submit(fn, *args, **kwargs).result()
 
 
 MODEL_THREAD = ModelThread()
+
+
+_drawing = threading.local()
+
+
+def drawing() -> None:
+    """Called by a thread before it draws with torch (small ops on a trace's tensors): it keeps that thread to one
+    OpenMP thread, so it adds no team (the model thread's own setting is its own: OpenMP's is per thread)."""
+    if not getattr(_drawing, "single", False) and not MODEL_THREAD.is_current():
+        torch.set_num_threads(1)
+        _drawing.single = True
+
+
+class Recomputing:
+    """A Trace whose recomputations with the model (a layer's attention, a block's internals, logits) run on the model
+    thread, each one task; the rest of the Trace (ids, residual stream, ...) reads as usual."""
+
+    ON_MODEL_THREAD = frozenset({"attention", "internals", "routing", "latent", "logits_at"})
+
+    def __init__(self, trace: Any) -> None:
+        self.trace = trace
+
+    def __len__(self) -> int:
+        return len(self.trace)
+
+    @property
+    def logits(self) -> Any:
+        return MODEL_THREAD.run(lambda: self.trace.logits)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self.trace, name)
+        if name in self.ON_MODEL_THREAD:
+            return lambda *args, **kwargs: MODEL_THREAD.run(value, *args, **kwargs)
+        return value

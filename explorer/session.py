@@ -2,10 +2,16 @@
 for the current context. The model is shared read-only; nothing here is visible to another session."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from explorer.model_thread import MODEL_THREAD, Recomputing
 from model import LanguageModel, Step, Trace
+
+_LOCK_MAKING = threading.Lock()
+# tokens per task when a context's trace is built after a generation: another session's next token waits for one
+TRACE_CHUNK = 32
 
 
 @dataclass
@@ -41,6 +47,13 @@ class Session:
         self._cache.clear()
         self.extras.clear()
 
+    @property
+    def drawing(self) -> threading.Lock:
+        """Held while a render draws this session: two of its events (a tick and a click) never draw at once. Made on
+        first use: gr.State deep-copies a new session, and a lock cannot be copied."""
+        with _LOCK_MAKING:
+            return self.__dict__.setdefault("_drawing", threading.Lock())
+
     def stopped(self, run: int) -> bool:
         """Whether generation number `run` must end: Stop, a closed tab, or a newer generation in this session."""
         return self.stop_requested or self.run != run
@@ -62,14 +75,15 @@ class Session:
 
     def trace(self, lm: LanguageModel) -> Trace | None:
         """While generating: the latest step's trace (the context up to the newest token, which it predicted).
-        Afterwards: a trace of the whole context, computed once."""
+        Afterwards: a trace of the whole context, computed once. What it recomputes with the model (a layer's
+        attention, ...) runs on the model thread."""
         if not self.prompt_ids:
             return None
         if self.generating and self.steps and self.steps[-1].trace is not None:
-            return self.steps[-1].trace
+            return Recomputing(self.steps[-1].trace)
         if self._full_trace is None or len(self._full_trace) != len(self.ids):
-            self._full_trace = lm.trace(self.ids)
-        return self._full_trace
+            self._full_trace = MODEL_THREAD.run(lm.trace, self.ids)
+        return Recomputing(self._full_trace)
 
     def adopt_trace(self, trace: Trace | None) -> None:
         """The whole context's trace, handed over by the generation that ended (None: prepare_trace builds it)."""
@@ -82,7 +96,7 @@ class Session:
         ids = self.ids
         if self.generating or not ids or (self._full_trace is not None and len(self._full_trace) == len(ids)):
             return
-        chunks = lm.trace_in_chunks(ids)
+        chunks = lm.trace_in_chunks(ids, TRACE_CHUNK)
         while (trace := run(next, chunks)) is None:
             pass
         if self.ids == ids and not self.generating:  # no new generation began meanwhile

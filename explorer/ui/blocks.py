@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from explorer.model_thread import MODEL_THREAD
+from explorer.model_thread import MODEL_THREAD, drawing
 from explorer.session import Session
 from explorer.ui.api import GenerationRequest, api_generate, api_stats, check_event_inputs
 from explorer.analysis import stage_values
@@ -128,7 +128,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             """The open tab's outputs (or those of `tab`), drawn for this session."""
             tab = tab or tabs[s.active_tab]
             s.prepare_trace(lm, MODEL_THREAD.run)  # after a generation, once: in chunks, other sessions between
-            values = MODEL_THREAD.run(tab.render, s)  # renders recompute with torch
+            drawing()  # drawn here; what the render recomputes with the model runs on the model thread (Recomputing)
+            with s.drawing:
+                values = tab.render(s)
             return {c: presentation_fonts(v, s.presentation) for c, v in zip(tab.outputs, values)}
 
         # While tokens stream, the plots of the open tab refresh on this timer, not in the generation's own updates:

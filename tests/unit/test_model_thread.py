@@ -1,0 +1,67 @@
+"""The model thread: a render draws on the thread that asked for it, with one OpenMP thread there, while what it
+recomputes with the model runs on the model thread, one task each; the longest task of each kind is kept."""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from explorer.model_thread import MODEL_THREAD, Recomputing, drawing
+from explorer.session import Session
+
+
+def test_a_sessions_trace_recomputes_on_the_model_thread(embedded_lm, monkeypatch):
+    s = Session()
+    s.start(embedded_lm.tokenizer.encode("The cat sat on the mat because it was"), {})
+    s.generating = False
+    s.prepare_trace(embedded_lm, MODEL_THREAD.run)
+    ran_on: list[bool] = []
+    decoder = embedded_lm.decoder
+    real = decoder.attention_probs
+    monkeypatch.setattr(decoder, "attention_probs",
+                        lambda *a, **k: ran_on.append(MODEL_THREAD.is_current()) or real(*a, **k))
+
+    def render() -> torch.Tensor:  # as a Gradio worker thread draws a tab
+        drawing()
+        trace = s.trace(embedded_lm)
+        assert isinstance(trace, Recomputing) and len(trace) == len(s.ids)
+        return trace.attention(3)
+
+    with ThreadPoolExecutor(1) as worker:
+        attn = worker.submit(render).result()
+    assert ran_on == [True]
+    direct = s._full_trace.attention(3)  # noqa: SLF001: the same trace, recomputed here
+    assert torch.equal(attn, direct)
+
+
+def test_drawing_keeps_its_thread_to_one_openmp_thread_and_leaves_the_model_threads_alone():
+    before = MODEL_THREAD.run(torch.get_num_threads)
+    seen: list[int] = []
+
+    def draw() -> None:
+        drawing()
+        seen.append(torch.get_num_threads())
+
+    worker = threading.Thread(target=draw)
+    worker.start()
+    worker.join()
+    assert seen == [1]
+    assert MODEL_THREAD.run(torch.get_num_threads) == before
+    MODEL_THREAD.run(drawing)  # on the model thread itself it changes nothing
+    assert MODEL_THREAD.run(torch.get_num_threads) == before
+
+
+def test_the_longest_task_of_each_kind_is_kept_until_read():
+    MODEL_THREAD.longest_tasks(reset=True)
+
+    def pause(seconds: float) -> None:
+        time.sleep(seconds)
+
+    for seconds in (0.01, 0.05, 0.02):
+        MODEL_THREAD.run(pause, seconds)
+    longest = MODEL_THREAD.longest_tasks(reset=True)
+    name = pause.__qualname__
+    assert longest[name] >= 0.05
+    assert MODEL_THREAD.longest_tasks() == {}
