@@ -28,6 +28,8 @@ class Session:
     presentation: bool = False  # larger type in the plots, for a projector
     arch_show: str = ""  # Architecture tab: which model or config to draw ("" = the loaded one)
     arch_path: str = ""
+    arch_view: str = "Blocks"  # Architecture tab: "Blocks" (the diagram) or "RoPE"
+    arch_rope_factor: int = 0  # Architecture tab, RoPE: the context stretch (0 = the model's own, or ×4)
     moe_layer: int | None = None  # Experts tab: the MoE layer shown (None = the first)
     moe_load_all: bool = False  # Experts tab: load histogram of every MoE layer instead of one
     generating: bool = False

@@ -36,7 +36,8 @@ def unsupported(what: str) -> UnsupportedModelError:
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """Rotary position embedding: base frequency and optional scaling ("linear", "llama3" or "yarn")."""
+    """Rotary position embedding: base frequency and optional scaling ("linear", "llama3" or "yarn"; "ntk", the
+    NTK-aware base change, is built by the explorer's RoPE view for comparison, no checkpoint format names it)."""
 
     theta: float = 10000.0
     kind: str = "default"

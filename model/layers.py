@@ -31,8 +31,11 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 # Scalings stretch the slow-turning frequencies so a model reaches past the context it was trained on.
 
 def rope_inv_freq(rope: RopeConfig, d_rot: int) -> torch.Tensor:
-    """Inverse frequencies [d_rot/2] in float32: theta^(-2i/d_rot), with linear, llama3 or yarn scaling."""
-    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, d_rot, 2, dtype=torch.int64).float() / d_rot))
+    """Inverse frequencies [d_rot/2] in float32: theta^(-2i/d_rot), with linear, NTK-aware, llama3 or yarn scaling."""
+    theta = rope.theta
+    if rope.kind == "ntk":  # NTK-aware: a larger base; pair 0 keeps its frequency, the slowest turns factor x slower
+        theta = rope.theta * rope.factor ** (d_rot / (d_rot - 2))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d_rot, 2, dtype=torch.int64).float() / d_rot))
     if rope.kind == "linear":  # every frequency slowed by factor: positions interpolated into the trained range
         return inv_freq / rope.factor
     if rope.kind == "llama3":

@@ -13,6 +13,7 @@ import torch
 from explorer.session import Session
 from explorer.ui.architecture_tab import CONFIG_FILE, KIMI, ArchitectureTab
 from explorer.views import style
+from explorer.views.rope import head_query_key, qk_by_distance
 from explorer.views.architecture import (LABELS, LEGEND, STAGES, architecture_html, group_title, human, layer_ranges,
                                          parameter_figure, stages_figure)
 from model import ModelConfig
@@ -150,16 +151,22 @@ def tab(embedded_lm):
         return ArchitectureTab(embedded_lm)
 
 
-def _show(tab: ArchitectureTab, show: str, path: str = "") -> list:
-    s = Session()
-    tab.set_controls(s, show, path)
+def _show(tab: ArchitectureTab, show: str, path: str = "", view: str = "Blocks", factor: int = 0,
+          s: Session | None = None) -> list:
+    s = s or Session()
+    tab.set_controls(s, show, path, view, factor)
     return tab.render(s)
 
 
+def blocks(outputs: list) -> list:
+    """The Blocks view's outputs of a render: diagram, parameter figure, stages plot."""
+    return outputs[1:4]
+
+
 def test_tab_shows_the_loaded_model_and_kimi(tab, embedded_lm):
-    html, fig, stages = tab.render(Session())
+    html, fig, stages = blocks(tab.render(Session()))
     assert f"{embedded_lm.n_params:,}" in html and "SmolLM2" in html and stages["visible"] is False
-    html, fig, _ = _show(tab, KIMI)
+    html, fig, _ = blocks(_show(tab, KIMI))
     assert "1.03T" in html and "Kimi-K2" in html and fig.data[0].x[3] == parameter_counts(
         ModelConfig.from_hf_config(json.loads(KIMI_JSON.read_text()))).routed_experts.total
 
@@ -171,7 +178,7 @@ def test_tab_reads_a_config_path_and_explains_what_it_cannot(tab, tmp_path, monk
     folder = tmp_path / EVIL.replace("/", "_")
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(tiny))
-    html, _, _ = _show(tab, CONFIG_FILE, str(folder))
+    html, _, _ = blocks(_show(tab, CONFIG_FILE, str(folder)))
     assert "layers 0–2: dense MLP" in html and "<script" not in html and "&lt;script&gt;" in html
     (tmp_path / "bert.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     (tmp_path / "broken.json").write_text("{not json")
@@ -182,7 +189,7 @@ def test_tab_reads_a_config_path_and_explains_what_it_cannot(tab, tmp_path, monk
                            (str(tmp_path / "zero.json"), "Cannot show"), (str(tmp_path / "partial.json"), "has no"),
                            ("/etc/passwd", "only opens configs under"),
                            (str(tmp_path / ".." / "elsewhere.json"), "only opens configs under")):
-        html, fig, stages = _show(tab, CONFIG_FILE, path)
+        html, fig, stages = blocks(_show(tab, CONFIG_FILE, path))
         assert html.startswith("<p") and "Cannot show this config" in html and expected in html, (path, html)
         assert stages["visible"] is False
 
@@ -193,10 +200,10 @@ def test_tab_shows_live_values_from_stages_fn(embedded_lm, live):
         tab = ArchitectureTab(embedded_lm, stages_fn=lambda s: {"layers": stages, "rope": rope})
     s = Session()
     s.layer = 4
-    html, _, plot = tab.render(s)
+    html, _, plot = blocks(tab.render(s))
     assert "live values: layer 4" in html and plot["visible"] is True
     assert list(plot["value"].data[0].y) == pytest.approx([x["resid_norm_in"] for x in stages])
-    assert "live values" not in _show(tab, KIMI)[0]  # live values belong to the loaded model only
+    assert "live values" not in blocks(_show(tab, KIMI))[0]  # live values belong to the loaded model only
 
 
 def test_other_families_draw_their_own_parts():
@@ -213,3 +220,56 @@ def test_other_families_draw_their_own_parts():
     html = architecture_html(deepseek, parameter_counts(deepseek), "tiny")
     assert "x → q_proj → q" in html and "first the best 2 of 4 expert groups" in html
     assert "Shared experts (always on)" in html and "layers 1–2: MoE, 8 experts, 2 active + 2 shared" in html
+
+
+def rope_view(outputs: list) -> list:
+    """The RoPE view's outputs of a render: words, frequencies figure, q·k figure."""
+    assert outputs[0]["visible"] is False and outputs[4]["visible"] is True  # the diagram hidden, the RoPE view shown
+    assert all(o == gr.skip() for o in outputs[1:4])  # the hidden diagram is not drawn
+    return outputs[5:]
+
+
+def test_tab_shows_rope_for_the_loaded_model_kimi_and_a_chosen_context(tab):
+    words, freqs, curves = rope_view(_show(tab, tab.loaded, view="RoPE"))
+    assert "SmolLM2" in words and "q = k = (1, …, 1)" in words and "×4 to 32,768" in words
+    assert len(freqs.data) == 6 and len(curves.data) == 8
+    s = Session()
+    words, _, curves = rope_view(_show(tab, KIMI, view="RoPE", s=s))  # its own stretch
+    assert "YaRN ×32 from 4,096" in words and "×32 to 131,072" in words and int(curves.data[0].x[-1]) == 131072
+    words, _, _ = rope_view(_show(tab, KIMI, view="RoPE", factor=2, s=s))  # the stretch chosen
+    assert "×2 to 8,192" in words and s.arch_rope_factor == 2
+    _show(tab, KIMI, view="RoPE", factor=3, s=s)  # not a choice of the menu: the model's own
+    assert s.arch_rope_factor == 0
+    outputs = _show(tab, KIMI, view="Blocks", factor=2, s=s)
+    assert outputs[0]["visible"] is True and outputs[4]["visible"] is False and "Kimi-K2" in outputs[1]
+    assert all(o == gr.skip() for o in outputs[5:])
+
+
+def test_tab_rope_uses_the_selected_heads_real_query_and_key(tab, embedded_lm):
+    s = Session()
+    s.prompt_ids = embedded_lm.prompt_ids("The quick brown fox jumps over the lazy dog.")
+    s.layer, s.head, s.selected = 3, 2, 4
+    words, freqs, curves = rope_view(_show(tab, tab.loaded, view="RoPE", s=s))
+    trace = s.trace(embedded_lm)
+    q, k = head_query_key(embedded_lm.decoder, trace, 3, 4)
+    expected = qk_by_distance(embedded_lm.config.rope, q[2:3], k[2:3], torch.tensor(list(curves.data[0].x)))
+    assert list(curves.data[0].y) == pytest.approx(expected.tolist(), abs=1e-6)
+    token = embedded_lm.tokenizer.decode([s.prompt_ids[4]]).replace(" ", "·")
+    assert f"layer 3, head 2, q and k of “{token}” (position 4)" in words
+    assert "Angle at position 4" in [a.text for a in freqs.layout.annotations]
+    s.head = "mean"
+    words, _, curves = rope_view(tab.render(s))
+    every = qk_by_distance(embedded_lm.config.rope, q, k, torch.tensor(list(curves.data[0].x)))
+    assert "9 heads averaged" in words and list(curves.data[0].y) == pytest.approx(every.tolist(), abs=1e-6)
+
+
+def test_tab_rope_says_when_a_model_has_no_rotation(tab, tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CONFIG_DIRS", str(tmp_path))
+    (tmp_path / "gpt2.json").write_text(json.dumps(dict(model_type="gpt2", vocab_size=96, n_embd=32, n_layer=2,
+                                                         n_head=4, n_positions=40)))
+    words, freqs, curves = rope_view(_show(tab, CONFIG_FILE, str(tmp_path / "gpt2.json"), "RoPE"))
+    assert "has no rotary embedding: its positions are learned vectors" in words
+    outputs = _show(tab, CONFIG_FILE, str(tmp_path / "missing.json"), "RoPE")  # said in both views
+    words = outputs[5]
+    assert outputs[4]["visible"] is True and outputs[1] == words
+    assert "Cannot show this config" in words and "no such file" in words
