@@ -3,15 +3,20 @@ for the current context. The model is shared read-only; nothing here is visible 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from explorer.memory import SessionMemory, storage_bytes
 from explorer.model_thread import MODEL_THREAD, Recomputing
 from model import LanguageModel, Step, Trace
 
 _LOCK_MAKING = threading.Lock()
 # tokens per task when a context's trace is built after a generation: another session's next token waits for one
 TRACE_CHUNK = 32
+TRACE_DROPPED = ("The server needed room for other sessions, so it freed this text's recorded internals; the views "
+                 "recompute them from the text.")
+EXPIRED = ("This session was idle for a while, so the server freed it (its text and internals): generate again to "
+           "explore.")
 
 
 @dataclass
@@ -40,6 +45,8 @@ class Session:
     _full_trace: Trace | None = None
     _cache: dict[tuple, Any] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)  # objects a tab keeps for one context (e.g. caches)
+    memory: SessionMemory | None = None  # the app's registry of what sessions hold (explorer/memory.py)
+    notice: str = ""  # a sentence for the user about what the server did to this session (take_notice)
 
     def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
         self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
@@ -48,6 +55,8 @@ class Session:
         self.run += 1
         self._cache.clear()
         self.extras.clear()
+        self.notice = ""
+        self._report()
 
     @property
     def drawing(self) -> threading.Lock:
@@ -62,6 +71,40 @@ class Session:
 
     def add(self, step: Step) -> None:
         self.steps.append(step)
+        if len(self.steps) == 1:  # the recorder's buffer, which every step's trace views, is made for the whole run
+            self._report()
+
+    def _report(self) -> None:
+        """Tell the registry that this session is in use, and what its traces hold."""
+        if self.memory is not None:
+            self.memory.use(self, self.trace_bytes())
+
+    def trace_bytes(self) -> int:
+        """Bytes that this session's traces keep alive (the buffers they view: while generating the recorder's, afterwards
+        the whole context's trace and, until the first render strips them, the steps' traces)."""
+        traces = [t for t in (self.steps[-1].trace if self.steps else None, self._full_trace) if t is not None]
+        return storage_bytes(x for t in traces for x in (t.ids, t.residual, t.experts, t.expert_weights))
+
+    def drop_trace(self) -> None:
+        """Called by the registry when memory runs short: the traces and what was computed from them go; the views
+        recompute them (prepare_trace) and the user is told why that takes a moment."""
+        self._full_trace = None
+        self.steps = [replace(step, trace=None) for step in self.steps]
+        self._cache.clear()
+        self.extras.clear()
+        self.notice = TRACE_DROPPED
+
+    def expire(self) -> None:
+        """Called by the registry once this session was idle for the time to live: everything goes, the text too."""
+        self.prompt_ids, self.steps, self.selected, self._full_trace = [], [], None, None
+        self._cache.clear()
+        self.extras.clear()
+        self.notice = EXPIRED
+
+    def take_notice(self) -> str:
+        """The sentence for the user about what the server did to this session (once), or ""."""
+        notice, self.notice = self.notice, ""
+        return notice
 
     @property
     def ids(self) -> list[int]:
@@ -91,18 +134,29 @@ class Session:
         """The whole context's trace, handed over by the generation that ended (None: prepare_trace builds it)."""
         if trace is not None and trace.ids.tolist() == self.ids:
             self._full_trace = trace
+        self._report()
 
     def prepare_trace(self, lm: LanguageModel, run: Callable[..., Any]) -> None:
         """After a generation: the whole context's trace, built a chunk per call of run (the model thread's), so that
-        other sessions' tokens go between the chunks; trace() then finds it. Called off the model thread."""
+        other sessions' tokens go between the chunks; trace() then finds it. Called off the model thread, before
+        every render: it also tells the registry that this session is in use."""
         ids = self.ids
         if self.generating or not ids or (self._full_trace is not None and len(self._full_trace) == len(ids)):
+            self._settle()
             return
         chunks = lm.trace_in_chunks(ids, TRACE_CHUNK)
         while (trace := run(next, chunks)) is None:
             pass
         if self.ids == ids and not self.generating:  # no new generation began meanwhile
             self._full_trace = trace
+        self._settle()
+
+    def _settle(self) -> None:
+        """Once a generation has ended its steps' traces go (only its live views used them: they would keep its
+        recorder's buffer alive beside the context's trace); then the registry hears what is held."""
+        if not self.generating and self.steps and self.steps[-1].trace is not None:
+            self.steps = [replace(step, trace=None) for step in self.steps]
+        self._report()
 
     def position(self, trace: Trace) -> int:
         """The selected position, clamped to the trace; the last token by default."""

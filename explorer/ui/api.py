@@ -10,6 +10,7 @@ import gradio as gr
 from gradio_client.utils import is_file_obj_with_meta
 
 from explorer.generations import ACTIVE, Generation
+from explorer.memory import SessionMemory
 from explorer.ui.common import Limits
 from model import LanguageModel
 from model.sampling import GREEDY_BELOW_TEMPERATURE
@@ -196,10 +197,11 @@ def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[di
     return generate
 
 
-def api_stats() -> Callable[[], dict]:
+def api_stats(memory: SessionMemory) -> Callable[[], dict]:
     def stats() -> dict:
         """Server load: generations running now, those ended so far by finish reason ("stop", "length", "time",
-        "stopped" for Stop, a closed tab or a cancelled request, "error"), and the tokens they generated."""
-        return ACTIVE.stats()
+        "stopped" for Stop, a closed tab or a cancelled request, "error"), and the tokens they generated; the bytes
+        that sessions' traces hold against their cap, traces dropped for it and sessions expired for silence."""
+        return {**ACTIVE.stats(), **memory.stats()}
 
     return stats

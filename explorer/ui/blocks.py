@@ -9,6 +9,7 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from explorer.memory import SessionMemory
 from explorer.model_thread import MODEL_THREAD, drawing
 from explorer.session import Session
 from explorer.ui.api import GenerationRequest, api_generate, api_stats, check_event_inputs
@@ -73,8 +74,10 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         return output_html(tok, s.prompt_ids, s.steps, selected=s.selected)
 
     with gr.Blocks(title="LLM Explorer") as app:
-        # a closed tab deletes the session: stop its generation at the next token
-        state = gr.State(lambda: Session(), delete_callback=lambda s: setattr(s, "stop_requested", True))
+        # a closed tab deletes the session: stop its generation at the next token. The registry frees the traces of
+        # idle sessions over its cap and clears sessions that stop talking (API clients never close a tab)
+        memory = SessionMemory(limits.trace_memory_mib << 20, limits.session_ttl_seconds)
+        state = gr.State(lambda: Session(memory=memory), delete_callback=lambda s: setattr(s, "stop_requested", True))
         with gr.Row(elem_id="header", equal_height=True):
             gr.HTML(TITLE, elem_id="title", padding=False)
             presentation = gr.Checkbox(label="Presentation mode", value=False, elem_id="presentation",
@@ -128,6 +131,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             """The open tab's outputs (or those of `tab`), drawn for this session."""
             tab = tab or tabs[s.active_tab]
             s.prepare_trace(lm, MODEL_THREAD.run)  # after a generation, once: in chunks, other sessions between
+            if notice := s.take_notice():  # e.g. its trace was freed for other sessions (and just recomputed)
+                gr.Info(notice)
             drawing()  # drawn here; what the render recomputes with the model runs on the model thread (Recomputing)
             with s.drawing:
                 values = tab.render(s)
@@ -268,6 +273,6 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         greedy.change(on_greedy, [greedy], [temperature, top_k, top_p], api_visibility="private", queue=False)
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
-        gr.api(api_stats(), api_name="stats", queue=False)
+        gr.api(api_stats(memory), api_name="stats", queue=False)
     check_event_inputs(app)  # part of the app, whoever launches it
     return app

@@ -25,6 +25,8 @@ class Limits:
     time_limit_seconds: float = 120.0  # a generation stops (keeping its text) after this long
     refresh_seconds: float = 0.8  # heavy plots refresh at most this often while tokens stream
     text_hz: float = 10.0  # the streamed text updates at most this often (smooth to read, half the work of 20)
+    trace_memory_mib: int = 1024  # sessions' traces in all (~70 KB a token for SmolLM2); over it the oldest idle go
+    session_ttl_seconds: float = 1800.0  # a session that serves no event for this long is cleared
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Limits":
