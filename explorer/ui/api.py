@@ -1,7 +1,9 @@
 """Generation requests, checked against the server's limits, for the UI and the named API endpoint alike; the API
-endpoints /generate and /stats. The generations themselves run in explorer/generations.py."""
+endpoints /generate, /stats, /export_session and /import_session, and the replay of a session file that the UI's
+import shares. The generations themselves run in explorer/generations.py."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
@@ -9,6 +11,8 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from gradio_client.utils import is_file_obj_with_meta
 
+from explorer.export import (SessionFileError, check_model, first_mismatch, read_session, session_document,
+                             tokens_csv, weights_sha256)
 from explorer.generations import ACTIVE, Generation
 from explorer.memory import SessionMemory
 from explorer.ui.common import Limits
@@ -37,13 +41,11 @@ class GenerationRequest:
                 greedy: Any, chat: Any, stop_at_eos: Any, limits: Limits) -> "GenerationRequest":
         """Validate everything a client could send, strictly typed as JSON types it (text, numbers that are not
         booleans, booleans); raise a user error with a message a user can act on."""
-        prompt = _prompt(prompt)
-        temperature = _real(temperature, "Temperature", "between 0 and 10", lambda x: 0 <= x <= 10)
-        top_p = _real(top_p, "Top-p", "in (0, 1]", lambda x: 0 < x <= 1)
-        top_k = _whole(top_k, "Top-k", 0, limits.max_top_k)
-        max_new_tokens = _whole(max_new_tokens, "Max new tokens", 1, limits.max_new_tokens)
-        seed = _whole(0 if seed is None else seed, "Seed", 0, MAX_SEED)
-        greedy, chat, stop_at_eos = _flag(greedy, "greedy"), _flag(chat, "chat"), _flag(stop_at_eos, "stop_at_eos")
+        check = setting_checks(limits)
+        prompt, temperature, top_p = check["prompt"](prompt), check["temperature"](temperature), check["top_p"](top_p)
+        top_k, max_new_tokens = check["top_k"](top_k), check["max_new_tokens"](max_new_tokens)
+        seed = check["seed"](0 if seed is None else seed)
+        greedy, chat, stop_at_eos = check["greedy"](greedy), check["chat"](chat), check["stop_at_eos"](stop_at_eos)
         note = None
         if not greedy and 0 < temperature < GREEDY_BELOW_TEMPERATURE:
             greedy, note = True, (f"A temperature below {GREEDY_BELOW_TEMPERATURE:g} decodes greedily (the most "
@@ -76,6 +78,20 @@ class GenerationRequest:
         n_new = min(self.max_new_tokens, limits.max_context - n_prompt)
         return dict(max_new_tokens=max(n_new, 0), temperature=self.temperature, top_k=self.top_k,
                     top_p=self.top_p, seed=self.seed, greedy=self.greedy, stop_at_eos=self.stop_at_eos)
+
+
+def setting_checks(limits: Limits) -> dict[str, Callable[[Any], Any]]:
+    """Each setting's check, by its name in /generate: the value as used, or a user error (shared links check their
+    values one by one with these)."""
+    return {
+        "prompt": _prompt,
+        "max_new_tokens": lambda v: _whole(v, "Max new tokens", 1, limits.max_new_tokens),
+        "temperature": lambda v: _real(v, "Temperature", "between 0 and 10", lambda x: 0 <= x <= 10),
+        "top_k": lambda v: _whole(v, "Top-k", 0, limits.max_top_k),
+        "top_p": lambda v: _real(v, "Top-p", "in (0, 1]", lambda x: 0 < x <= 1),
+        "seed": lambda v: _whole(v, "Seed", 0, MAX_SEED),
+        **{name: (lambda v, name=name: _flag(v, name)) for name in ("greedy", "chat", "stop_at_eos")},
+    }
 
 
 def user_error(message: str) -> gr.Error:
@@ -205,3 +221,89 @@ def api_stats(memory: SessionMemory) -> Callable[[], dict]:
         return {**ACTIVE.stats(), **memory.stats()}
 
     return stats
+
+
+def model_record(lm: LanguageModel) -> dict[str, Any]:
+    """Who made a session: the model's name and its weights' sha256 (hashed once, off the event loop: handlers run
+    on worker threads), and where it ran."""
+    return dict(name=lm.name, weights_sha256=weights_sha256(lm.source), device=lm.device.type,
+                dtype=str(lm.dtype).removeprefix("torch."))
+
+
+@dataclass
+class Replay:
+    """A session file being replayed: its document, the request it records, and the generation that redoes it."""
+
+    document: dict[str, Any]
+    request: GenerationRequest
+    generation: Generation
+
+    def mismatch(self) -> str | None:
+        """Once the generation has ended: None when every token of the file came again, else a sentence."""
+        return first_mismatch(self.document["steps"], self.generation.steps)
+
+
+def start_replay(lm: LanguageModel, limits: Limits, text: Any, record: bool = False,
+                 should_stop: Callable[[], bool] = lambda: False) -> Replay:
+    """Check a session file's text (its structure, model, settings and prompt) and start generating its tokens again
+    with its settings; a user error says why a file is refused."""
+    try:
+        doc = read_session(text)
+        check_model(doc, lm.name, weights_sha256(lm.source), lm.config.vocab_size)
+    except SessionFileError as e:
+        raise user_error(str(e)) from None
+    settings = doc["settings"]
+    try:
+        request = GenerationRequest.checked(*(settings[k] for k in ("prompt", "max_new_tokens", "temperature", "top_k",
+                                                                    "top_p", "seed", "greedy", "chat", "stop_at_eos")),
+                                            limits=limits)
+    except gr.Error as e:
+        raise user_error(f"The session file's settings are refused: {e.message}") from None
+    ids = request.prompt_ids(lm, limits)
+    if ids != doc["prompt_ids"]:
+        raise user_error("The session file's prompt ids are not what this model's tokenizer makes of its prompt: the "
+                         "file was changed, or made with another tokenizer.")
+    n_steps = len(doc["steps"])
+    if n_steps > request.max_new_tokens:
+        raise user_error(f"The session file holds {n_steps} tokens but asked for at most {request.max_new_tokens}: "
+                         "the file was changed.")
+    # as many tokens as the file holds (a stopped run too): each token depends only on those before it
+    generation = dataclasses.replace(request, max_new_tokens=n_steps).start(lm, ids, limits, record=record,
+                                                                           should_stop=should_stop)
+    return Replay(doc, request, generation)
+
+
+def api_export_session(lm: LanguageModel, limits: Limits) -> Callable[..., dict]:
+    def export_session(prompt: str, max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 50,
+                       top_p: float = 0.95, seed: int = 0, greedy: bool = False, chat: bool = False,
+                       stop_at_eos: bool = True) -> dict:
+        """Generate as /generate does and return the run as a session file ("session": the object to save as JSON,
+        which /import_session and the app's import replay) and as a table ("csv": a row per generated token:
+        position, id, text, p, entropy, top-5 candidates)."""
+        request = GenerationRequest.checked(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat,
+                                            stop_at_eos, limits)
+        ids = request.prompt_ids(lm, limits)
+        generation = request.start(lm, ids, limits)
+        for _ in generation.follow(limits.text_hz):
+            pass
+        steps = generation.steps
+        document = session_document(model_record(lm), ids, request.settings(), steps, {})
+        return dict(session=document, csv=tokens_csv(steps, lambda i: lm.tokenizer.decode([i])))
+
+    return export_session
+
+
+def api_import_session(lm: LanguageModel, limits: Limits) -> Callable[[str], dict]:
+    def import_session(session: str) -> dict:
+        """Replay a session file (its JSON text, at most 400,000 characters): generate its tokens again with its
+        settings and check each one. Returns the text and the number of tokens checked; a file of another model or
+        weights, a changed file or one that does not replay exactly is refused with a sentence saying why."""
+        replay = start_replay(lm, limits, session)
+        for _ in replay.generation.follow(limits.text_hz):
+            pass
+        if (problem := replay.mismatch()) is not None:
+            raise user_error(problem)
+        steps = replay.generation.steps
+        return dict(text="".join(s.text for s in steps), tokens=len(steps), checked=True)
+
+    return import_session

@@ -21,6 +21,7 @@ from explorer.ui.embeddings_tab import EmbeddingsTab
 from explorer.ui.experts_tab import ExpertsTab
 from explorer.ui.logit_lens_tab import LogitLensTab
 from explorer.ui.next_token_tab import NextTokenTab
+from explorer.ui.share import Share
 from explorer.ui.tokens_tab import TokensTab
 from explorer.views.output import output_html
 from model import LanguageModel
@@ -73,6 +74,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
     def render_output(s: Session) -> str:
         return output_html(tok, s.prompt_ids, s.steps, selected=s.selected)
 
+    share = Share(lm, limits)
     with gr.Blocks(title="LLM Explorer") as app:
         # a closed tab deletes the session: stop its generation at the next token. The registry frees the traces of
         # idle sessions over its cap and clears sessions that stop talking (API clients never close a tab)
@@ -82,6 +84,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             gr.HTML(TITLE, elem_id="title", padding=False)
             presentation = gr.Checkbox(label="Presentation mode", value=False, elem_id="presentation",
                                        container=False, scale=0, min_width=170)
+            share.link_button()
             gr.HTML(model_summary(lm), elem_id="model-summary", padding=False)
         if lm.random_weights:
             gr.Markdown("⚠️ **Random weights.** This model was built from its configuration alone: the text it writes "
@@ -112,17 +115,18 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                     seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", minimum=0, maximum=2**31 - 1)
                     # off: the model writes on past an end-of-text token, until max new tokens, the time limit or Stop
                     stop_at_eos = gr.Checkbox(label="Stop at end-of-text", value=True, elem_id="stop-at-eos")
+                share.panel()
             with gr.Column(scale=1, elem_id="views"):
                 output = gr.HTML(OUTPUT_HINT, elem_id="output", label="Output", padding=False)
                 # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position
                 select_token = gr.Button("select", elem_id="select-token")
                 tabs: dict[str, Any] = {}
-                with gr.Tabs(elem_id="tabs"):
+                with gr.Tabs(elem_id="tabs") as tab_set:
                     classes = [TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab]
                     if lm.config.moe is not None:
                         classes.append(ExpertsTab)
                     for cls in classes + [ArchitectureTab]:
-                        with gr.Tab(cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
+                        with gr.Tab(cls.title, id=cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
                             tab = ArchitectureTab(lm, live_stages(lm)) if cls is ArchitectureTab else cls(lm)
                         tabs[cls.title] = tab
                         tab.block = tab_block
@@ -274,5 +278,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
         gr.api(api_stats(memory), api_name="stats", queue=False)
+        share.wire(app, state=state, status=status, output=output, tab_set=tab_set, tabs=tabs, render_tab=render_tab,
+                   render_output=render_output, controls=dict(prompt=prompt, chat=chat, max_new_tokens=max_new,
+                                                              temperature=temperature, top_k=top_k, top_p=top_p,
+                                                              seed=seed, greedy=greedy, stop_at_eos=stop_at_eos))
     check_event_inputs(app)  # part of the app, whoever launches it
     return app
