@@ -1,4 +1,5 @@
 // The page's own behaviour: a click on a token anywhere (a text chip or a point of a plot) selects it everywhere;
+// a click on a candidate of the Next token tab forces it (a branch), one on the branches' bar switches branch;
 // Ctrl+Enter in the prompt generates; the output strip follows new text unless the reader scrolled up in it.
 
 (() => {
@@ -10,9 +11,18 @@
     window.__explorerPos = Number(pos);
     button.click();
   }
+  // branching: the same pattern, window.__explorerFork ("position,token id") or __explorerBranch and a hidden button
+  function press(id, name, value) {
+    const button = document.querySelector(id);
+    if (!button) return;
+    window[name] = value;
+    button.click();
+  }
   document.addEventListener("click", (event) => {
     const chip = event.target.closest && event.target.closest(".tok[data-pos]");
     if (chip) select(chip.dataset.pos);
+    const go = event.target.closest && event.target.closest(".branch-go[data-branch]");
+    if (go && !go.classList.contains("cur")) press("#switch-branch", "__explorerBranch", Number(go.dataset.branch));
     // a tab opens at its top, not where the last one was scrolled to
     if (event.target.closest && event.target.closest("#tabs [role=tab]")) {
       requestAnimationFrame(() => document.querySelectorAll("#tabs .tabitem").forEach((t) => { t.scrollTop = 0; }));
@@ -20,6 +30,12 @@
   });
 
   document.addEventListener("keydown", (event) => {
+    const go = event.target.closest && event.target.closest(".branch-go[data-branch]");
+    if (go && (event.key === "Enter" || event.key === " ")) {  // the bar's buttons are spans: keys as a button's
+      event.preventDefault();
+      go.click();
+      return;
+    }
     if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
     if (!(event.target.closest && event.target.closest("#prompt"))) return;
     event.preventDefault();
@@ -36,6 +52,7 @@
       const meta = point && point.data && point.data.meta;
       if (meta === "x-position") select(point.x);
       if (meta === "position") select(Array.isArray(point.customdata) ? point.customdata[0] : point.customdata);
+      if (meta === "candidate") press("#branch-token", "__explorerFork", `${point.customdata[3]},${point.customdata[2]}`);
     });
   }
 

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from explorer.branches import BranchTree
 from explorer.memory import SessionMemory, storage_bytes
 from explorer.model_thread import MODEL_THREAD, Recomputing
 from model import LanguageModel, Step, Trace
@@ -22,7 +23,7 @@ EXPIRED = ("This session was idle for a while, so the server freed it (its text 
 @dataclass
 class Session:
     prompt_ids: list[int] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
+    tree: BranchTree = field(default_factory=BranchTree)  # the generation and its branches; `steps` are the current's
     settings: dict[str, Any] = field(default_factory=dict)  # sampler settings of the last generation
     selected: int | None = None  # selected token position; None: the last token
     layer: int = 0
@@ -49,14 +50,64 @@ class Session:
     notice: str = ""  # a sentence for the user about what the server did to this session (take_notice)
 
     def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
-        self.prompt_ids, self.steps, self.settings = list(prompt_ids), [], dict(settings)
-        self.selected, self._full_trace = None, None
-        self.generating, self.stop_requested, self.rendered_steps, self.next_refresh = True, False, 0, 0.0
+        self.prompt_ids, self.tree, self.settings = list(prompt_ids), BranchTree(), dict(settings)
+        self._new_context()
+        self.selected = None
+        self.generating, self.stop_requested = True, False
         self.run += 1
-        self._cache.clear()
-        self.extras.clear()
         self.notice = ""
         self._report()
+
+    @property
+    def steps(self) -> list[Step]:
+        """The generated tokens of the current branch (the original generation unless the user forced a token)."""
+        return self.tree.steps
+
+    @steps.setter
+    def steps(self, steps: list[Step]) -> None:
+        self.tree.steps = steps
+
+    def _new_context(self) -> None:
+        """What was computed for the last context goes (two branches of one length must not share a cached view)."""
+        self._full_trace, self.rendered_steps, self.next_refresh = None, 0, 0.0
+        self._cache.clear()
+        self.extras.clear()
+
+    def _left(self, index: int) -> None:
+        """After branch `index` stopped being current: a generation of it ends, and neither it nor the new current
+        branch (whose prefix it may share) keeps its steps' traces."""
+        if self.generating:
+            self.run += 1  # stopped(run) is then true for the running generation
+            self.generating = False
+        for branch in (self.tree.branches[index], self.tree.branches[self.tree.current]):
+            if any(step.trace is not None for step in branch.steps):
+                branch.steps = [replace(step, trace=None) for step in branch.steps]
+        self._new_context()
+        self._report()
+
+    def fork(self, position: int, token_id: int, text: str) -> bool:
+        """Force token_id (its text: text) at the generated token at `position` of the current branch; the branch
+        that has it becomes current, selected at that token. True: a new branch, whose continuation the caller
+        generates (as run `self.run`); False: an existing one, or nothing changed. ValueError (nothing changed) for a
+        position or token that is not a candidate here."""
+        before = self.tree.current
+        new = self.tree.fork(position - self.n_prompt, token_id, text)
+        if self.tree.current != before:
+            self._left(before)
+            self.selected = position
+        if new:
+            self.generating, self.stop_requested = True, False
+            self.run += 1
+        return new
+
+    def switch_branch(self, index: int) -> None:
+        """Show branch `index` (0: the original) in every view, as it was left; a running generation ends."""
+        before = self.tree.current
+        self.tree.switch(index)
+        if index != before:
+            self._left(before)
+            if self.selected is not None and self.selected >= len(self.ids):
+                self.selected = None
 
     @property
     def drawing(self) -> threading.Lock:
@@ -70,6 +121,8 @@ class Session:
         return self.stop_requested or self.run != run
 
     def add(self, step: Step) -> None:
+        if step.index != len(self.steps):  # a branch's continuation counts its tokens from the forced one on
+            step = replace(step, index=len(self.steps))
         self.steps.append(step)
         if len(self.steps) == 1:  # the recorder's buffer, which every step's trace views, is made for the whole run
             self._report()
@@ -96,7 +149,7 @@ class Session:
 
     def expire(self) -> None:
         """Called by the registry once this session was idle for the time to live: everything goes, the text too."""
-        self.prompt_ids, self.steps, self.selected, self._full_trace = [], [], None, None
+        self.prompt_ids, self.tree, self.selected, self._full_trace = [], BranchTree(), None, None
         self._cache.clear()
         self.extras.clear()
         self.notice = EXPIRED

@@ -80,6 +80,18 @@ class GenerationRequest:
                     top_p=self.top_p, seed=self.seed, greedy=self.greedy, stop_at_eos=self.stop_at_eos)
 
 
+def start_continuation(lm: LanguageModel, limits: Limits, settings: dict[str, Any], ids: list[int], n_generated: int,
+                       record: bool = False, should_stop: Callable[[], bool] = lambda: False) -> Generation | None:
+    """A branch's continuation: the generation `settings` asked for (a GenerationRequest's, the seed included) from
+    ids (the prompt and the branch's n_generated tokens, the forced one last), for the new tokens it has left; None
+    when it has none left (the forced token ends the text, or the token limit is reached)."""
+    left = settings["max_new_tokens"] - n_generated
+    if left <= 0 or (settings["stop_at_eos"] and ids[-1] in lm.tokenizer.stop_ids):
+        return None
+    request = GenerationRequest(**{**settings, "max_new_tokens": left})
+    return request.start(lm, ids, limits, record=record, should_stop=should_stop)
+
+
 def setting_checks(limits: Limits) -> dict[str, Callable[[Any], Any]]:
     """Each setting's check, by its name in /generate: the value as used, or a user error (shared links check their
     values one by one with these)."""

@@ -12,7 +12,8 @@ import gradio as gr
 from explorer.memory import SessionMemory
 from explorer.model_thread import MODEL_THREAD, drawing
 from explorer.session import Session
-from explorer.ui.api import GenerationRequest, api_generate, api_stats, check_event_inputs
+from explorer.ui.api import (GenerationRequest, api_generate, api_stats, check_event_inputs, shown,
+                              start_continuation, user_error)
 from explorer.analysis import stage_values
 from explorer.ui.architecture_tab import ArchitectureTab
 from explorer.ui.attention_tab import AttentionTab
@@ -23,7 +24,7 @@ from explorer.ui.logit_lens_tab import LogitLensTab
 from explorer.ui.next_token_tab import NextTokenTab
 from explorer.ui.share import Share
 from explorer.ui.tokens_tab import TokensTab
-from explorer.views.output import output_html
+from explorer.views.output import branch_bar_html, output_html
 from model import LanguageModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -72,7 +73,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
     tok = lm.tokenizer
 
     def render_output(s: Session) -> str:
-        return output_html(tok, s.prompt_ids, s.steps, selected=s.selected)
+        bar = branch_bar_html(tok, s.tree.branches, s.tree.current, s.n_prompt)
+        return output_html(tok, s.prompt_ids, s.steps, selected=s.selected, bar=bar)
 
     share = Share(lm, limits)
     with gr.Blocks(title="LLM Explorer") as app:
@@ -120,6 +122,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 output = gr.HTML(OUTPUT_HINT, elem_id="output", label="Output", padding=False)
                 # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position
                 select_token = gr.Button("select", elem_id="select-token")
+                # likewise a click on a candidate of the Next token tab (force it: a branch) and on the branches' bar
+                branch_token = gr.Button("branch", elem_id="branch-token")
+                switch_branch = gr.Button("switch", elem_id="switch-branch")
                 tabs: dict[str, Any] = {}
                 with gr.Tabs(elem_id="tabs") as tab_set:
                     classes = [TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab]
@@ -155,30 +160,67 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             note = f" {request.note}" if request.note else ""  # e.g. a tiny temperature decodes greedily
             yield {state: s, output: render_output(s), status: "Generating…" + note, refresher: gr.Timer(active=True),
                    **running(True)}
-            started = time.monotonic()
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
             generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stopped(run))
+            if (ended := (yield from stream(s, run, generation))) is None:
+                return  # a newer generation owns the session (and its screen) now
+            reason, message = ended
+            if reason == "stop" and len(s.steps) <= 2 and not request.chat and tok.chat_template is not None:
+                message += ENDED_AT_ONCE
+            message += note
+            yield {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
+
+        def stream(s: Session, run: int, generation: Any) -> Iterator[dict]:
+            """The text while generation `run` writes into the session's current branch; returns why it ended and
+            the status line saying so, or None when a newer generation (or another branch) owns the session."""
+            started, base = time.monotonic(), len(s.steps)  # base: a branch's tokens before its continuation
             try:
                 for steps in generation.follow(limits.text_hz):
                     if s.stopped(run):
                         break  # before adding: Stop has already shown the text as it was
-                    for step in steps[len(s.steps):]:
+                    for step in steps[len(s.steps) - base:]:
                         s.add(step)
-                    yield {output: render_output(s), status: f"Generating… {len(s.steps)} tokens, "
-                                                             f"{len(s.steps) / (time.monotonic() - started):.1f} tok/s"}
+                    n = len(s.steps) - base
+                    yield {output: render_output(s),
+                           status: f"Generating… {n} tokens, {n / (time.monotonic() - started):.1f} tok/s"}
                 s.adopt_trace(generation.context_trace)
             finally:  # however it ended, an error included (after_generation then switches the buttons back)
                 if s.run == run:
                     s.generating = False
             if s.run != run:
-                return  # a newer generation owns the session (and its screen) now
-            rate = len(s.steps) / max(time.monotonic() - started, 1e-9)
+                return None
+            n = len(s.steps) - base
             reason = "stopped" if s.stop_requested else generation.finish_reason
-            message = finish_message(reason, len(s.steps), rate, limits.time_limit_seconds)
-            if reason == "stop" and len(s.steps) <= 2 and not request.chat and tok.chat_template is not None:
-                message += ENDED_AT_ONCE
-            message += note
-            yield {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
+            return reason, finish_message(reason, n, n / max(time.monotonic() - started, 1e-9),
+                                          limits.time_limit_seconds)
+
+        def on_branch(value: Any, s: Session) -> Iterator[dict]:
+            """A candidate of a generated token was clicked ("position,token id"): the branch that has it there
+            becomes current; a new one is generated on from it with the generation's settings."""
+            try:
+                position, token_id = (int(part) for part in str(value).split(","))
+                new = s.fork(position, token_id, tok.decode([token_id]))
+            except ValueError:
+                raise user_error(f"{shown(value)} is not a candidate of a generated token of this text.") from None
+            branch = s.tree.current
+            label = "the original" if branch == 0 else f"branch {branch}"
+            if not new:  # an existing branch (after_generation draws the open tab)
+                yield {output: render_output(s), status: f"Showing {label}.", refresher: gr.Timer(active=False),
+                       **running(s.generating)}
+                return
+            run = s.run
+            yield {output: render_output(s), status: f"Generating {label}…", refresher: gr.Timer(active=True),
+                   **running(True)}
+            generation = start_continuation(lm, limits, s.settings, s.ids, len(s.steps), record=True,
+                                            should_stop=lambda: s.stopped(run))
+            if generation is None:  # nothing left to write after the forced token
+                s.generating = False
+                yield {output: render_output(s), status: f"Done: {label} ends at its forced token.",
+                       refresher: gr.Timer(active=False), **running(False)}
+                return
+            if (ended := (yield from stream(s, run, generation))) is not None:
+                yield {output: render_output(s), status: f"{ended[1]} · {label}", refresher: gr.Timer(active=False),
+                       **running(False)}
 
         def running(yes: bool) -> dict:
             """While a generation runs Generate is off (a second click would restart it) and Stop is on."""
@@ -209,6 +251,13 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                                    concurrency_limit=limits.max_concurrent, concurrency_id="generate")
         gen_event.then(after_generation, [state], tab_outputs + [generate, stop], api_visibility="private",
                        show_progress="hidden")
+        pick = gr.Textbox(visible=False)
+        branch_event = branch_token.click(on_branch, [pick, state], [output, status, refresher, generate, stop],
+                                          api_visibility="private", show_progress="hidden",
+                                          concurrency_limit=limits.max_concurrent, concurrency_id="generate",
+                                          js="(pick, s) => [window.__explorerFork ?? '', s]")
+        branch_event.then(after_generation, [state], tab_outputs + [generate, stop], api_visibility="private",
+                          show_progress="hidden")
         # "once": a tick that comes while the last render still runs is dropped, so slow renders thin themselves out
         refresher.tick(on_tick, [state], tab_outputs, api_visibility="private", show_progress="hidden",
                        trigger_mode="once", concurrency_limit=None)
@@ -221,7 +270,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             # the views are redrawn after (a slow redraw must not land after a new generation has begun)
             return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
 
-        stop.click(on_stop, [state], [output, status, refresher, generate, stop], cancels=[gen_event],
+        stop.click(on_stop, [state], [output, status, refresher, generate, stop], cancels=[gen_event, branch_event],
                    api_visibility="private", show_progress="hidden", queue=False).then(
             after_generation, [state], tab_outputs + [generate, stop], api_visibility="private", show_progress="hidden")
 
@@ -237,6 +286,22 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         position = gr.Number(visible=False)
         select_token.click(on_select, [position, state], everything, api_visibility="private", **on_views,
                            js="(position, s) => [window.__explorerPos ?? null, s]")
+
+        def on_switch(value: Any, s: Session) -> dict:
+            """A button of the branches' bar: that branch in every view (a running generation ends where it is)."""
+            try:
+                s.switch_branch(int(value))
+            except (TypeError, ValueError):
+                raise user_error(f"There is no branch {shown(value)} in this text.") from None
+            label = "the original" if s.tree.current == 0 else f"branch {s.tree.current}"
+            return {output: render_output(s), status: f"Showing {label}.", refresher: gr.Timer(active=False),
+                    **running(False), **render_tab(s)}
+
+        branch_number = gr.Number(visible=False)
+        switch_branch.click(on_switch, [branch_number, state],
+                            [output, status, refresher, generate, stop, *tab_outputs], api_visibility="private",
+                            js="(number, s) => [window.__explorerBranch ?? null, s]", **on_views)
+
 
         for title, tab in tabs.items():
             def on_tab(s: Session, title: str = title) -> dict:

@@ -1,5 +1,5 @@
 """Next token tab: the distribution the selected token was drawn from, what the sampler kept, and the timeline; for a
-prompt token, what the model expected there."""
+prompt token, what the model expected there. A click on a candidate forces it (a branch: blocks.py generates it)."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,7 +17,9 @@ from model import LanguageModel, Step
 EXPLAIN = ("At each step the model outputs a probability for every token in the vocabulary, "
            "p(x_t | x_<t) = softmax(logits). **Temperature** divides the logits (sharper below 1, flatter above), "
            "**top-k** keeps the k most likely, **top-p** keeps the smallest set with probability mass ≥ p; "
-           "the token is drawn from what is left. The step slider selects that step's token everywhere.")
+           "the token is drawn from what is left. The step slider selects that step's token everywhere.\n\n"
+           "**Click a candidate's row** (kept or cut) to force that token at this step: the model writes on from it, "
+           "a branch. The bar above the text switches between branches; the original is kept.")
 
 
 class NextTokenTab:

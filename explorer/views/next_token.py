@@ -13,6 +13,7 @@ from model.sampling import GREEDY_BELOW_TEMPERATURE
 from model.tokenizer import Tokenizer
 
 from ..analysis import Prediction
+from ..branches import ForcedStep
 from . import style
 from .text import token_text
 
@@ -67,14 +68,16 @@ def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = ROWS, settings_
                       height: int = style.VIEW_HEIGHT) -> go.Figure:
     """Horizontal bars of the model's top-k probabilities (most likely on top), green where the sampler kept the
     token and grey where it cut it, dark diamonds for the probabilities actually sampled from; the drawn token
-    outlined. If it is not among the top k it gets an extra row at the bottom."""
+    outlined (a forced one instead, the drawn one noted). If it is not among the top k it gets an extra row at the
+    bottom. A click on a row forces its token there (the bars' meta "candidate": customdata holds token id and
+    position, assets/explorer.js)."""
     rows = _rows(step, k)
     n_top = len(step.top_ids)
     labels = [f"{style.token_label(token_text(tokenizer, tid))}  #{rank if rank else f'>{n_top}'}"
               for tid, rank, *_ in rows]
     index = list(range(len(rows)))
     sampled_row = next(i for i, row in enumerate(rows) if row[0] == step.token_id)
-    custom = [[label, p_after] for label, (*_, p_after, _kept) in zip(labels, rows)]
+    custom = [[label, p_after, tid, step.position] for label, (tid, *_, p_after, _kept) in zip(labels, rows)]
     fig = go.Figure()
     for kept, name, colour in ((True, "kept by the sampler", style.KEPT), (False, "cut by the sampler", style.CUT)):
         members = [i for i in index if rows[i][4] == kept]
@@ -84,23 +87,32 @@ def next_token_figure(step: Step, tokenizer: Tokenizer, k: int = ROWS, settings_
             x=[rows[i][2] for i in members], y=members, orientation="h", name=name, marker_color=colour,
             marker_line=dict(color=[style.SELECTED if i == sampled_row else colour for i in members],
                              width=[3 if i == sampled_row else 0 for i in members]),
-            customdata=[custom[i] for i in members],
+            customdata=[custom[i] for i in members], meta="candidate",
             hovertemplate="%{customdata[0]}<br>model p = %{x:.4f}<br>after sampler p = %{customdata[1]:.4f}"
-                          "<extra></extra>",
+                          "<br>click: force it here<extra></extra>",
         ))
+    # the diamonds repeat the bars' numbers: the row's bar answers hovers and clicks anywhere along the row
     fig.add_trace(go.Scatter(
         x=[row[3] for row in rows], y=index, mode="markers", name="after temperature / top-k / top-p",
-        marker=dict(symbol="diamond", size=10, color=AFTER), customdata=custom,
-        hovertemplate="%{customdata[0]}<br>after sampler p = %{x:.4f}<extra></extra>",
+        marker=dict(symbol="diamond", size=10, color=AFTER), hoverinfo="skip",
     ))
     top = max(max(row[2], row[3]) for row in rows)
     _, _, p_model, p_after, _ = rows[sampled_row]
     _probability_axes(fig, labels, top)
-    _mark(fig, max(p_model, p_after), sampled_row, "sampled", fig.layout.xaxis.range[1])
+    x_max = fig.layout.xaxis.range[1]
+    forced = isinstance(step, ForcedStep)
+    _mark(fig, max(p_model, p_after), sampled_row, "forced" if forced else "sampled", x_max)
     plural = "s" if step.n_kept != 1 else ""
     kept = f"the sampler kept {step.n_kept} token{plural} ({step.kept_mass:.1%} of the mass)"
-    return _finish(fig, f"Next token at position {step.position}",
-                   kept + (f" · {settings_text}" if settings_text else ""), height)
+    title = f"Next token at position {step.position}"
+    if forced:
+        drawn_row = next((i for i, row in enumerate(rows) if row[0] == step.drawn_id), None)
+        if drawn_row is not None:
+            _mark(fig, max(rows[drawn_row][2], rows[drawn_row][3]), drawn_row, "drawn", x_max)
+        title += " · forced (a cut token)" if step.cut else " · forced"
+    fig = _finish(fig, title, kept + (f" · {settings_text}" if settings_text else ""), height)
+    fig.update_layout(hovermode="y")
+    return fig
 
 
 def given_token_figure(prediction: Prediction, tokenizer: Tokenizer, k: int = ROWS,
@@ -183,9 +195,17 @@ def sampler_summary_html(step: Step, temperature: float, top_k: int, top_p: floa
     chosen = f'<b class="tok" data-pos="{step.position}">{token}</b>'
     spread = (f"The model's distribution has entropy {step.entropy:.2f} nats: about as uncertain as a fair choice "
               f"among {math.exp(step.entropy):.1f} tokens.")
+    forced, taken = "", chosen
+    if isinstance(step, ForcedStep):
+        drawn = style.token_label(token_text(tokenizer, step.drawn_id) if tokenizer else str(step.drawn_id), 24)
+        why = "the sampler had cut it: it could never have been drawn" if step.cut else "the sampler had kept it"
+        forced = (f'<p class="forced-note"><b>Forced</b>: you chose {chosen} here ({why}); the text after it is a '
+                  "branch, generated on from it.</p>")
+        taken = f"<b>{drawn}</b> (you forced {chosen} instead)"
     if greedy or temperature < GREEDY_BELOW_TEMPERATURE:
-        body = (f"<li><b>Greedy</b>: no randomness; the most likely token is always taken.</li>"
-                f"<li>It was {chosen}, with probability {step.prob:.1%}.</li>")
+        body = ("<li><b>Greedy</b>: no randomness; the most likely token is always taken.</li>"
+                + (f"<li>It was {taken}; {chosen} has probability {step.prob:.1%}.</li>" if forced else
+                   f"<li>It was {chosen}, with probability {step.prob:.1%}.</li>"))
     else:
         if temperature < 1:
             temp = f"divides the logits by {temperature:g} before the softmax: the distribution gets sharper"
@@ -206,8 +226,10 @@ def sampler_summary_html(step: Step, temperature: float, top_k: int, top_p: floa
         body = (f"<li><b>Temperature</b> {temp}.</li><li>{cut_text[0].upper() + cut_text[1:]}.</li>"
                 f"<li>Kept: {step.n_kept} token{'s' if step.n_kept != 1 else ''}, holding {step.kept_mass:.1%} "
                 f"of the model's probability; their probabilities are rescaled to add up to 1 and one is drawn "
-                f"at random.</li>"
-                f"<li>Drawn: {chosen}: {step.prob:.1%} under the model, {step.sampled_prob:.1%} in the "
-                f"distribution it was drawn from.</li>")
-    return (f'<div class="sampler-summary" style="font-size:16px;line-height:1.5"><p>{spread}</p>'
+                "at random.</li>"
+                + (f"<li>Drawn: {taken}. {chosen}: {step.prob:.1%} under the model, {step.sampled_prob:.1%} in "
+                   "the distribution the sampler drew from.</li>" if forced else
+                   f"<li>Drawn: {chosen}: {step.prob:.1%} under the model, {step.sampled_prob:.1%} in the "
+                   "distribution it was drawn from.</li>"))
+    return (f'<div class="sampler-summary" style="font-size:16px;line-height:1.5">{forced}<p>{spread}</p>'
             f'<ul style="margin:0;padding-left:1.2em">{body}</ul></div>')

@@ -1,5 +1,6 @@
 """The output strip: the prompt, muted, then the generated text, each token tinted by the probability it had when
-it was chosen. Re-rendered on every new token, so it stays small: one span per generated token."""
+it was chosen, a forced token marked; above it, once there are branches, a bar that names the current one and
+switches between them. Re-rendered on every new token, so it stays small: one span per generated token."""
 from __future__ import annotations
 
 from typing import Protocol, Sequence
@@ -8,7 +9,9 @@ from plotly.colors import sample_colorscale, unlabel_rgb
 
 from model.tokenizer import Tokenizer
 
+from ..branches import Branch, ForcedStep
 from . import style
+from .text import token_text
 
 
 class StepLike(Protocol):
@@ -16,6 +19,8 @@ class StepLike(Protocol):
     prob: float
     position: int
 
+
+FORCED = "#B45309"  # a token the user forced, and the bar of branches
 
 # light to strong, stopping before the darkest blues so dark text stays readable on every tint
 _TINTS: list[str] = ["#%02x%02x%02x" % tuple(round(v) for v in unlabel_rgb(c))
@@ -32,8 +37,15 @@ _CSS = (
     ".tokout .key{font-size:11px;color:#777;white-space:normal;margin-bottom:2px}"
     ".tokout .bar{display:inline-block;width:80px;height:9px;vertical-align:middle;margin:0 4px;"
     "background:linear-gradient(to right,%(lo)s,%(hi)s)}"
+    ".tokout .forced{box-shadow:inset 0 -3px 0 %(forced)s}"
+    ".tokout .forced::before{content:'↪';color:%(forced)s;font-size:12px;vertical-align:super}"
+    ".branchbar{position:sticky;top:0;z-index:1;background:#fff;font-family:%(font)s;font-size:13px;"
+    "padding:2px 0;display:flex;flex-wrap:wrap;gap:4px;align-items:center}"
+    ".branchbar .where{color:%(forced)s;margin-right:6px}"
+    ".branchbar .branch-go{border:1px solid #ccc;border-radius:4px;padding:0 6px;background:#f7f7f7;cursor:pointer}"
+    ".branchbar .branch-go.cur{border-color:%(forced)s;background:#fdf0e6;font-weight:600;cursor:default}"
     "</style>"
-) % dict(font=style.FONT, sel=style.SELECTED, lo=_TINTS[0], hi=_TINTS[-1])
+) % dict(font=style.FONT, sel=style.SELECTED, lo=_TINTS[0], hi=_TINTS[-1], forced=FORCED)
 
 _KEY = '<div class="key">p when chosen: 0<span class="bar"></span>1</div>'
 
@@ -45,19 +57,49 @@ def _rank(step: StepLike) -> str:
     return str(list(top).index(step.token_id) + 1) if step.token_id in top else f">{len(top)}"
 
 
+def _forced_words(tokenizer: Tokenizer, forced: ForcedStep) -> str:
+    """'cat' (cut by the sampler): the forced token, quoted and escaped, and whether the sampler had kept it."""
+    token = style.token_label(token_text(tokenizer, forced.token_id), max_len=16)
+    return f"‘{token}’ ({'cut' if forced.cut else 'kept'} by the sampler)"
+
+
+def branch_bar_html(tokenizer: Tokenizer, branches: Sequence[Branch], current: int, n_prompt: int) -> str:
+    """Once there are branches: where the current one leaves its parent, and a button per branch (data-branch: its
+    index; assets/explorer.js switches on a click; spans, which the page's styles for buttons leave alone). Empty
+    while there is only the original."""
+    if len(branches) < 2:
+        return ""
+    branch = branches[current]
+    if branch.forced is None:
+        where = f"The original text · {len(branches) - 1} branch{'es' if len(branches) > 2 else ''}:"
+    else:
+        parent = "the original" if branch.parent == 0 else f"branch {branch.parent}"
+        where = (f"Branch {current} of {len(branches) - 1}: forced {_forced_words(tokenizer, branch.forced)} at "
+                 f"position {n_prompt + branch.at}, leaving {parent}:")
+    buttons = []
+    for index, b in enumerate(branches):
+        word = "" if b.forced is None else style.token_label(token_text(tokenizer, b.forced.token_id), max_len=10)
+        label = "original" if b.forced is None else f"{index}: ‘{word}’ @{n_prompt + b.at}"
+        classes = "branch-go cur" if index == current else "branch-go"
+        buttons.append(f'<span class="{classes}" role="button" tabindex="0" data-branch="{index}">{label}</span>')
+    return f'<div class="branchbar" id="branch-bar"><span class="where">{where}</span>{"".join(buttons)}</div>'
+
+
 def output_html(
     tokenizer: Tokenizer,
     prompt_ids: Sequence[int],
     steps_like: Sequence[StepLike],
     selected: int | None = None,
     show_prompt: bool = True,
+    bar: str = "",
 ) -> str:
     """The prompt as plain muted text, then one `<span class="tok" data-pos=...>` per generated token whose
     background is the probability it had when chosen (step.prob); a token that holds only part of a character
-    shows ⋯ until the token that completes it."""
+    shows ⋯ until the token that completes it; a forced token (ForcedStep) has the class "forced". `bar` (the
+    branches' bar) goes above the text."""
     stream = tokenizer.text_stream()
     prompt_text = "".join(stream.push(i) for i in prompt_ids)
-    out = [_CSS, '<div class="tokout">', _KEY]
+    out = [_CSS, bar, '<div class="tokout">', _KEY]
     if show_prompt and prompt_text:
         out.append(f'<span class="prompt">{style.escape(prompt_text)}</span>')
     for step in steps_like:
@@ -66,12 +108,16 @@ def output_html(
         classes = "tok sp" if special else "tok"
         if step.position == selected:
             classes += " sel"
+        forced = isinstance(step, ForcedStep)
+        if forced:
+            classes += " forced"
         if piece:
             shown = style.escape(piece).replace("\n", '<span class="nl">↵</span>\n')
         else:
             shown = '<span class="nl">⋯</span>'  # part of a character; the next token completes it
         p = min(max(float(step.prob), 0.0), 1.0)
-        tip = style.escape(f"p = {p:.3g} · rank {_rank(step)} · id {step.token_id}")
+        how = f"forced by you, {'cut' if step.cut else 'kept'} by the sampler · " if forced else ""
+        tip = style.escape(f"{how}p = {p:.3g} · rank {_rank(step)} · id {step.token_id}")
         out.append(f'<span class="{classes}" data-pos="{step.position}" title="{tip}" '
                    f'style="background:{_TINTS[round(p * 100)]}">{shown}</span>')
     out.append("</div>")
