@@ -18,7 +18,7 @@ from plotly.offline import get_plotlyjs
 
 from explorer.export import (MAX_SESSION_CHARS, parse_link, report_html, session_document, session_json,
                              tokens_csv)
-from explorer.model_thread import MODEL_THREAD
+from explorer.model_thread import drawing
 from explorer.session import Session
 from explorer.ui.api import (Replay, api_export_session, api_import_session, model_record, setting_checks,
                              start_replay)
@@ -107,7 +107,9 @@ class Share:
             if s.generating or not s.steps:
                 why = "wait until the generation ends" if s.generating else "generate some text first"
                 return {self.message: f"Nothing to export yet: {why}.", self.files: gr.File(visible=False)}
-            paths = MODEL_THREAD.run(self.write_files, s, tabs, render_output)
+            drawing()  # the report draws every tab here; what it recomputes with the model runs on the model thread
+            with s.drawing:
+                paths = self.write_files(s, tabs, render_output)
             return {self.files: gr.File(value=[str(p) for p in paths], visible=True),
                     self.message: f"{len(s.steps)} tokens exported: the session file opens here again (and replays "
                                   "exactly), the CSV in a spreadsheet, the report in any browser, offline."}
@@ -225,8 +227,7 @@ class Share:
         return dict(tab=s.active_tab, token=s.selected, layer=s.layer, head=s.head)
 
     def write_files(self, s: Session, tabs: dict[str, Any], render_output: Callable[[Session], str]) -> list[Path]:
-        """The session file, the CSV and the report, in a folder of their own (run on the model thread: the report
-        renders every tab)."""
+        """The session file, the CSV and the report, in a folder of their own."""
         lm = self.lm
         EXPORT_DIR.mkdir(exist_ok=True)
         for old in EXPORT_DIR.glob("*/*"):

@@ -110,7 +110,8 @@ def test_a_link_runs_as_generate_opens_its_view_and_a_reload_keeps_it(browser, a
 def test_a_link_with_values_this_page_cannot_hold_says_so_and_does_not_run(browser, app_url):
     context, page = open_projector(browser, app_url + link(prompt="Hello", top_k=5000, temperature=0.83, seed="x",
                                                           run=True))
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('run=1 was not done')")
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '')"
+                           ".includes('run=1 was not done')")
     status = page.inner_text("#status")
     assert "Top-k must be a whole number from 0 to 1000, got the number 5000" in status
     assert "0.83 is not a step of the slider (0.05)" in status and "seed='x' is not a whole number" in status
@@ -118,8 +119,9 @@ def test_a_link_with_values_this_page_cannot_hold_says_so_and_does_not_run(brows
     page.wait_for_timeout(1500)  # would a run have started, Stop would be on by now
     assert page.locator("#output .tok").count() == 0 and page.locator("#stop[disabled]").count() == 1
     page.goto(app_url + link(prompt="Hi", max_new_tokens=2, greedy=True, tab="Lens", layer=99, token=1, run=True))
+    page.wait_for_selector("#generate")
     page.evaluate(TOASTS)
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('layer=')")
+    page.wait_for_function("() => (document.querySelector('#status')?.innerText || '').includes('layer=')")
     status = page.inner_text("#status")
     assert "There is no tab 'Lens'" in status and "layer='99' is not one of this model's (0 to 29)" in status
     no_errors(page)
