@@ -190,7 +190,8 @@ class FakeFigure:
 
 def test_the_report_embeds_plotly_once_and_no_text_escapes_its_place():
     page = report_html("A <b>title</b>", "meta & more", "<p>the text</p>",
-                       [("Tokens", ["<div class='chips'>chips</div>", FakeFigure("</script><script>alert(1)</script>")]),
+                       [("Tokens", ["<div class='chips'>chips</div>",
+                                    FakeFigure("</script><script>alert(1)</script>")]),
                         ("Attention", [FakeFigure("map")])],
                        plotly_js="/* PLOTLY-JS */ window.Plotly = {};", figure_export_js="/* EXPORT-JS */")
     assert page.count("/* PLOTLY-JS */") == 1 and page.count("/* EXPORT-JS */") == 1
@@ -199,8 +200,8 @@ def test_the_report_embeds_plotly_once_and_no_text_escapes_its_place():
     assert "<p>the text</p>" in page and "<div class='chips'>chips</div>" in page
     assert page.count('class="figure"') == 2 and "<h2>Attention</h2>" in page
     assert "</script><script>alert(1)" not in page  # a figure's text cannot close its script element
-    figures = re.findall(r'<script type="application/json" class="figure-json" data-target="(figure-\d)">(.*?)</script>',
-                         page, flags=re.S)
+    figures = re.findall(r'<script type="application/json" class="figure-json" '
+                         r'data-target="(figure-\d)">(.*?)</script>', page, flags=re.S)
     assert [t for t, _ in figures] == ["figure-1", "figure-2"]
     assert json.loads(figures[0][1])["layout"]["title"]["text"] == "</script><script>alert(1)</script>"
     assert "http://" not in page and "https://" not in page  # no network
