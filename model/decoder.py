@@ -11,6 +11,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
+from .interventions import NO_INTERVENTIONS, Interventions
 from .layers import (activation, apply_rope, attention, layer_norm, rms_norm, rope_attention_factor, rope_cos_sin,
                      rope_inv_freq, route_experts, yarn_softmax_scale)
 
@@ -31,7 +32,7 @@ class BlockInternals:
     attn_out: torch.Tensor  # [B, T, d]
     mlp_in: torch.Tensor  # [B, T, d] after mlp_norm
     mlp_out: torch.Tensor  # [B, T, d]
-    h_out: torch.Tensor  # [B, T, d]
+    h_out: torch.Tensor  # [B, T, d] the residual stream leaving the block (as a Patch or Steering left it)
     attn_probs: torch.Tensor | None = None  # [B, H, T, T]
     latent: torch.Tensor | None = None  # MLA: [B, T, kv_lora_rank], the compressed KV the cache keeps
     router_scores: torch.Tensor | None = None  # MoE: [B*T, E]
@@ -78,6 +79,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         cache: KVCache | None = None,
         need_probs: bool = False,
+        interventions: Interventions = NO_INTERVENTIONS,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, _ = x.shape
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
@@ -91,6 +93,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # [B, Hkv, past + T, D]
         out, probs = attention(q, k, v, positions, self.scale, self.window, need_probs)  # [B, H, T, D]
+        out = interventions.heads(self.layer, out)  # e.g. an ablated head's output zeroed
         return self.wo(out.transpose(1, 2).reshape(b, t, -1)), probs  # heads concatenated, then mixed by wo
 
 
@@ -130,6 +133,7 @@ class LatentAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         cache: KVCache | None = None,
         need_probs: bool = False,
+        interventions: Interventions = NO_INTERVENTIONS,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, _ = x.shape
         mla, h = self.mla, self.n_heads
@@ -145,7 +149,8 @@ class LatentAttention(nn.Module):
         k_nope, v = kv.split([mla.qk_nope_dim, mla.v_head_dim], dim=-1)
         q = torch.cat((q_nope, apply_rope(q_rot, *rope)), dim=-1)
         k = torch.cat((k_nope, k_rot.expand(b, h, n, mla.qk_rope_dim)), dim=-1)
-        out, probs = attention(q, k, v, positions, self.scale, None, need_probs)
+        out, probs = attention(q, k, v, positions, self.scale, None, need_probs)  # [B, H, T, v_head_dim]
+        out = interventions.heads(self.layer, out)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1)), probs
 
 
@@ -176,17 +181,20 @@ class MoE(nn.Module):
         self.shared = MLP(replace(expert_cfg, d_ff=moe.d_ff_expert * moe.n_shared_experts)) \
             if moe.n_shared_experts else None
 
-    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [N, d] -> scores [N, E], experts [N, k], weights [N, k]; the router runs in float32."""
+    def route(self, x: torch.Tensor,
+              allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, d] -> scores [N, E], experts [N, k], weights [N, k]; the router runs in float32. allowed [E] bool:
+        the experts it may choose (None: all)."""
         m = self.moe
         logits = torch.nn.functional.linear(x.float(), self.router.weight.float())
         return route_experts(logits, self.router_bias.float(), m.scoring, m.topk_method, m.n_experts_per_tok,
-                             m.n_group, m.topk_group, m.norm_topk_prob, m.routed_scaling_factor)
+                             m.n_group, m.topk_group, m.norm_topk_prob, m.routed_scaling_factor, allowed)
 
-    def forward(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, record: dict | None = None,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        scores, experts, weights = self.route(flat)
+        scores, experts, weights = self.route(flat, allowed)
         routed = torch.zeros_like(flat)
         for e in experts.unique().tolist():
             rows, slot = (experts == e).nonzero(as_tuple=True)
@@ -209,26 +217,36 @@ class Block(nn.Module):
         self.mlp = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg)
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None,
-                recorder: Recorder | None = None) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), positions, rope, cache)[0]
-        if isinstance(self.mlp, MoE):
-            record: dict | None = {} if recorder is not None else None
-            out = self.mlp(self.mlp_norm(h), record)
-            if recorder is not None:
-                recorder.routing(self.layer, record["experts"], record["expert_weights"])
-            return h + out
-        return h + self.mlp(self.mlp_norm(h))
+                recorder: Recorder | None = None, interventions: Interventions = NO_INTERVENTIONS) -> torch.Tensor:
+        attn_out = self.attn(self.attn_norm(h), positions, rope, cache, interventions=interventions)[0]
+        h = h + interventions.attention(self.layer, attn_out)
+        record: dict | None = {} if recorder is not None else None
+        mlp_out = self._mlp(self.mlp_norm(h), record, interventions)
+        if record:  # an MoE layer reports what its router chose
+            recorder.routing(self.layer, record["experts"], record["expert_weights"])
+        return interventions.block(self.layer, h + interventions.mlp(self.layer, mlp_out), positions)
 
-    def internals(self, h: torch.Tensor, positions: torch.Tensor, rope, need_probs: bool = False) -> BlockInternals:
-        """Recompute this block over a whole sequence h [B, T, d], keeping every intermediate."""
+    def _mlp(self, x: torch.Tensor, record: dict | None, interventions: Interventions) -> torch.Tensor:
+        """The MLP, or the MoE with the experts its router may choose (and what it chose, into record)."""
+        if not isinstance(self.mlp, MoE):
+            return self.mlp(x)
+        allowed = interventions.allowed_experts(self.layer, self.mlp.moe.n_routed_experts, x.device)
+        return self.mlp(x, record, allowed)
+
+    def internals(self, h: torch.Tensor, positions: torch.Tensor, rope, need_probs: bool = False,
+                  interventions: Interventions = NO_INTERVENTIONS) -> BlockInternals:
+        """Recompute this block over a whole sequence h [B, T, d], keeping every intermediate (as the interventions
+        made them: the outputs are what the block added to the residual stream)."""
         attn_in = self.attn_norm(h)
-        attn_out, probs = self.attn(attn_in, positions, rope, None, need_probs)
+        attn_out, probs = self.attn(attn_in, positions, rope, None, need_probs, interventions)
+        attn_out = interventions.attention(self.layer, attn_out)
         mid = h + attn_out
         mlp_in = self.mlp_norm(mid)
         record: dict = {}
-        mlp_out = self.mlp(mlp_in, record) if isinstance(self.mlp, MoE) else self.mlp(mlp_in)
+        mlp_out = interventions.mlp(self.layer, self._mlp(mlp_in, record, interventions))
+        h_out = interventions.block(self.layer, mid + mlp_out, positions)
         latent = self.attn.latent(attn_in)[0] if isinstance(self.attn, LatentAttention) else None
-        return BlockInternals(attn_in, attn_out, mlp_in, mlp_out, mid + mlp_out, probs, latent, **record)
+        return BlockInternals(attn_in, attn_out, mlp_in, mlp_out, h_out, probs, latent, **record)
 
 
 class Decoder(nn.Module):
@@ -297,8 +315,10 @@ class Decoder(nn.Module):
         cache: KVCache | None = None,
         recorder: Recorder | None = None,
         last_only: bool = False,
+        interventions: Interventions = NO_INTERVENTIONS,
     ) -> torch.Tensor:
-        """Logits [B, T, vocab] float32 (or [B, 1, vocab] with last_only) for ids at positions cache.length..."""
+        """Logits [B, T, vocab] float32 (or [B, 1, vocab] with last_only) for ids at positions cache.length...
+        Interventions edit the pass where they act (see interventions.py)."""
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         h = self.embed_tokens(ids, positions)
@@ -306,7 +326,7 @@ class Decoder(nn.Module):
         if recorder is not None:
             recorder.residual(0, h)
         for i, block in enumerate(self.blocks):
-            h = block(h, positions, rope, cache, recorder)
+            h = block(h, positions, rope, cache, recorder, interventions)
             if recorder is not None:
                 recorder.residual(i + 1, h)
         if cache is not None:
@@ -319,7 +339,8 @@ class Decoder(nn.Module):
         block = self.blocks[layer]
         return block.attn(block.attn_norm(h), positions, self.rope(positions, h.dtype), None, need_probs=True)[1]
 
-    def block_internals(self, layer: int, h: torch.Tensor, need_probs: bool = False) -> BlockInternals:
+    def block_internals(self, layer: int, h: torch.Tensor, need_probs: bool = False,
+                        interventions: Interventions = NO_INTERVENTIONS) -> BlockInternals:
         """Recompute everything layer computes from the residual stream h [B, T, d] entering it."""
         positions = torch.arange(h.shape[1], device=h.device)
-        return self.blocks[layer].internals(h, positions, self.rope(positions, h.dtype), need_probs)
+        return self.blocks[layer].internals(h, positions, self.rope(positions, h.dtype), need_probs, interventions)

@@ -197,13 +197,17 @@ def route_experts(
     topk_group: int,
     norm_topk_prob: bool,
     scaling: float,
+    allowed: torch.Tensor | None = None,  # [E] bool: the experts that may be chosen (None: all)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DeepSeek-V3 routing: (scores [N, E], chosen experts [N, k], their weights [N, k]), most weight first.
 
     noaux_tc adds the load-balancing bias to the scores for choosing only; the weights come from the raw scores.
-    With n_group > 1 only the topk_group best groups of experts (by their two best scores) may be chosen."""
+    With n_group > 1 only the topk_group best groups of experts (by their two best scores) may be chosen.
+    An expert not allowed (ablated) never wins a choice, nor counts among its group's best scores."""
     scores = torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
     choice = scores + bias if topk_method == "noaux_tc" and bias is not None else scores
+    if allowed is not None:
+        choice = choice.masked_fill(~allowed, float("-inf"))
     if n_group > 1 and topk_method != "greedy":
         grouped = choice.view(choice.shape[0], n_group, -1)
         group_scores = grouped.topk(2, dim=-1)[0].sum(-1) if topk_method == "noaux_tc" else grouped.max(-1)[0]

@@ -10,6 +10,7 @@ import torch
 from .cache import KVCache
 from .config import ModelConfig
 from .decoder import Decoder
+from .interventions import Intervention, Interventions, Patch
 from .sampling import SamplerSettings, entropy, sample
 from .tokenizer import Tokenizer
 from .trace import Trace, TraceRecorder
@@ -93,29 +94,43 @@ class LanguageModel:
             raise ValueError(f"token ids out of range 0..{self.config.vocab_size - 1}: {bad[:5]}")
         return torch.tensor([list(ids)], dtype=torch.long, device=self.device)
 
+    def _interventions(self, items: Interventions | Sequence[Intervention] | None, length: int | None = None
+                       ) -> Interventions:
+        """items checked against this model (ValueError in a sentence); with length, a Patch must fall inside it."""
+        checked = Interventions.of(items, self.config)
+        for item in checked:
+            if length is not None and isinstance(item, Patch) and item.positions[-1] >= length:
+                raise ValueError(f"cannot patch position {item.positions[-1]} of a sequence of {length} tokens")
+        return checked
+
     @torch.inference_mode()
-    def trace(self, ids: Sequence[int]) -> Trace:
-        """One forward pass over ids with recording."""
+    def trace(self, ids: Sequence[int], interventions: Interventions | Sequence[Intervention] | None = None
+              ) -> Trace:
+        """One forward pass over ids with recording, edited by the interventions (the Trace keeps them)."""
         if len(ids) == 0:
             raise ValueError("cannot trace an empty sequence")
-        recorder = TraceRecorder(self.decoder, capacity=len(ids))
+        interventions = self._interventions(interventions, len(ids))
+        recorder = TraceRecorder(self.decoder, capacity=len(ids), interventions=interventions)
         x = self._tensor(ids)
-        self.decoder(x, recorder=recorder, last_only=True)
+        self.decoder(x, recorder=recorder, last_only=True, interventions=interventions)
         recorder.commit(x[0])
         return recorder.trace()
 
     @torch.inference_mode()
-    def trace_in_chunks(self, ids: Sequence[int], chunk: int = 128) -> Iterator[Trace | None]:
-        """The Trace of trace(ids), computed `chunk` tokens at a time over a KV cache (as a prompt is read before
-        generating): each next() runs one chunk and yields None, the last yields the Trace. A server can run each
-        chunk as a task of its own, so other work goes between them."""
+    def trace_in_chunks(self, ids: Sequence[int], chunk: int = 128,
+                        interventions: Interventions | Sequence[Intervention] | None = None
+                        ) -> Iterator[Trace | None]:
+        """The Trace of trace(ids, interventions), computed `chunk` tokens at a time over a KV cache (as a prompt is
+        read before generating): each next() runs one chunk and yields None, the last yields the Trace. A server can
+        run each chunk as a task of its own, so other work goes between them."""
         if len(ids) == 0:
             raise ValueError("cannot trace an empty sequence")
+        interventions = self._interventions(interventions, len(ids))
         cache = KVCache(self.config.n_layers, initial_capacity=len(ids))
-        recorder = TraceRecorder(self.decoder, capacity=len(ids))
+        recorder = TraceRecorder(self.decoder, capacity=len(ids), interventions=interventions)
         for start in range(0, len(ids), chunk):
             x = self._tensor(ids[start : start + chunk])
-            self.decoder(x, cache=cache, recorder=recorder, last_only=True)
+            self.decoder(x, cache=cache, recorder=recorder, last_only=True, interventions=interventions)
             recorder.commit(x[0])
             yield recorder.trace() if start + chunk >= len(ids) else None
 
@@ -132,22 +147,28 @@ class LanguageModel:
         chat: bool = False,
         top_n: int = 20,
         stop_at_eos: bool = True,
+        interventions: Interventions | Sequence[Intervention] | None = None,
     ) -> Generator[Step, None, Trace | None]:
         """Yield one Step per new token. temperature 0 or greedy=True picks the most likely token. With record, a
         next() after the last Step (an end-of-text token or max_new_tokens) returns the Trace of the whole context,
-        the last token included, as the generator's return value (StopIteration.value)."""
+        the last token included, as the generator's return value (StopIteration.value).
+
+        The interventions edit every forward pass, the prompt's and each new token's: a Patch acts on each of its
+        positions when that position is computed, in the prompt or among the generated tokens (all of them lie
+        inside its source; positions the generation never reaches are left alone)."""
         settings = SamplerSettings(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         ids = self.prompt_ids(prompt, chat)
         if not ids:
             raise ValueError("the prompt has no tokens")
-        return self._generate(ids, max_new_tokens, settings, seed, record, top_n, stop_at_eos)
+        return self._generate(ids, max_new_tokens, settings, seed, record, top_n, stop_at_eos,
+                              self._interventions(interventions))
 
     @torch.inference_mode()
     def _generate(
         self, ids: list[int], max_new_tokens: int, settings: SamplerSettings, seed: int | None,
-        record: bool, top_n: int, stop_at_eos: bool,
+        record: bool, top_n: int, stop_at_eos: bool, interventions: Interventions,
     ) -> Generator[Step, None, Trace | None]:
         generator = torch.Generator(device="cpu")
         if seed is None:
@@ -155,13 +176,15 @@ class LanguageModel:
         else:
             generator.manual_seed(seed)
         cache = KVCache(self.config.n_layers, initial_capacity=len(ids) + max_new_tokens)
-        recorder = TraceRecorder(self.decoder, capacity=len(ids) + max_new_tokens) if record else None
+        recorder = (TraceRecorder(self.decoder, capacity=len(ids) + max_new_tokens, interventions=interventions)
+                    if record else None)
         stream = self.tokenizer.text_stream()
         stop_ids = self.tokenizer.stop_ids if stop_at_eos else frozenset()
         x = self._tensor(ids)
         position = len(ids)
         for index in range(max_new_tokens):
-            logits = self.decoder(x, cache=cache, recorder=recorder, last_only=True)[0, -1].cpu()
+            logits = self.decoder(x, cache=cache, recorder=recorder, last_only=True,
+                                  interventions=interventions)[0, -1].cpu()
             if recorder is not None:
                 recorder.commit(x[0])
             s = sample(logits, settings, generator)
@@ -183,7 +206,7 @@ class LanguageModel:
                     return
                 # asked for once more after the last step: the last token through the model too, so the returned
                 # Trace (the generator's return value) covers the whole context, for one token's work
-                self.decoder(x, cache=cache, recorder=recorder, last_only=True)
+                self.decoder(x, cache=cache, recorder=recorder, last_only=True, interventions=interventions)
                 recorder.commit(x[0])
                 return recorder.trace()
             position += 1

@@ -1,6 +1,7 @@
 """Recording: the residual stream of every layer, kept compactly, from which attention and logits are
 recomputed exactly on demand. A T x T map per layer and head is never stored: for 1,024 tokens on SmolLM2
-that would be 1.1 GB, while the residual stream is 70 MiB and every internal of a block is a function of it."""
+that would be 1.1 GB, while the residual stream is 70 MiB and every internal of a block is a function of it (and of
+the interventions that made the run, which the trace keeps and the recomputation applies again)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,14 +9,16 @@ from dataclasses import dataclass
 import torch
 
 from .decoder import BlockInternals, Decoder
+from .interventions import NO_INTERVENTIONS, Interventions
 
 
 class TraceRecorder:
     """Receives residual streams from Decoder.forward and appends them to a growing CPU buffer."""
 
-    def __init__(self, decoder: Decoder, capacity: int = 256) -> None:
+    def __init__(self, decoder: Decoder, capacity: int = 256, interventions: Interventions = NO_INTERVENTIONS) -> None:
         cfg = decoder.config
         self.decoder = decoder
+        self.interventions = interventions  # those of the forward passes recorded (the trace says so)
         self.length = 0
         self.ids = torch.empty(capacity, dtype=torch.long)
         self.hidden = torch.empty(cfg.n_layers + 1, capacity, cfg.d_model, dtype=decoder.embed.weight.dtype)
@@ -56,7 +59,8 @@ class TraceRecorder:
 
     def trace(self) -> "Trace":
         n = self.length
-        return Trace(self.decoder, self.ids[:n], self.hidden[:, :n], self.experts[:, :n], self.weights[:, :n])
+        return Trace(self.decoder, self.ids[:n], self.hidden[:, :n], self.experts[:, :n], self.weights[:, :n],
+                     self.interventions)
 
 
 def _grown(t: torch.Tensor, keep: int, capacity: int, dim: int) -> torch.Tensor:
@@ -88,6 +92,7 @@ class Trace:
     residual: torch.Tensor  # [n_layers + 1, T, d_model] in the model's dtype, CPU
     experts: torch.Tensor  # [n_moe_layers, T, k] chosen experts of every MoE layer (empty without MoE)
     expert_weights: torch.Tensor  # [n_moe_layers, T, k]
+    interventions: Interventions = NO_INTERVENTIONS  # what edited the run (a Patch keeps its source trace alive)
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -121,7 +126,7 @@ class Trace:
         """[n_heads, T, T] float32: row i is what token i attends to; rows sum to 1; zero above the diagonal."""
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
-        h = self._on_device(self.residual[layer])[None]
+        h = self._on_device(self.residual[layer])[None]  # interventions act after the softmax: none apply here
         return self.decoder.attention_probs(layer, h)[0].float().cpu()
 
     @property
@@ -134,7 +139,8 @@ class Trace:
         """Everything block `layer` computed for this sequence, recomputed from the residual stream (batch of 1)."""
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
-        return self.decoder.block_internals(layer, self._on_device(self.residual[layer])[None], need_probs)
+        h = self._on_device(self.residual[layer])[None]
+        return self.decoder.block_internals(layer, h, need_probs, self.interventions)
 
     def routing(self, layer: int) -> Routing:
         """The router's choices in MoE layer `layer` (see Routing)."""

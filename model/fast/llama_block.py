@@ -10,6 +10,7 @@ import torch
 from .. import kernels
 from ..cache import KVCache
 from ..decoder import MLP, Attention, Block, Recorder
+from ..interventions import NO_INTERVENTIONS, Interventions
 from .packed import PackedWeight
 
 # the reference parameters each packed matrix stands for, in the order the kernel's fused matrices stack them
@@ -28,8 +29,8 @@ def fits(block: Block) -> bool:
 
 class OneCallBlock(Block):
     """The reference block (its submodules and parameters, under the same names) plus its matrices as packed blocks.
-    A one-token step with a cache runs in one compiled call; everything else (prefill, recomputation, views) is the
-    reference forward, unchanged."""
+    A one-token step with a cache runs in one compiled call; everything else (prefill, recomputation, views, a step
+    that an intervention edits in this layer) is the reference forward, unchanged."""
 
     @classmethod
     def adopt(cls, block: Block, packed: Callable[[str], PackedWeight | None]) -> "OneCallBlock | None":
@@ -60,9 +61,10 @@ class OneCallBlock(Block):
         return out | {"attn.wo.weight": self.wo, "mlp.w_down.weight": self.w_down}
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, rope, cache: KVCache | None,
-                recorder: Recorder | None = None) -> torch.Tensor:
-        if cache is None or h.shape[:2] != (1, 1) or rope is None or h.dtype != torch.float32:
-            return super().forward(h, positions, rope, cache, recorder)
+                recorder: Recorder | None = None, interventions: Interventions = NO_INTERVENTIONS) -> torch.Tensor:
+        if (cache is None or h.shape[:2] != (1, 1) or rope is None or h.dtype != torch.float32
+                or interventions.touches(self.layer)):  # the compiled step knows no interventions: the reference does
+            return super().forward(h, positions, rope, cache, recorder, interventions)
         attn: Attention = self.attn
         like = h.new_empty(1, attn.n_kv_heads, 0, attn.d_head)
         keys, values = cache.reserve(self.layer, cache.length + 1, like, like)  # [1, Hkv, capacity, D]
