@@ -38,6 +38,8 @@ class Session:
     arch_rope_factor: int = 0  # Architecture tab, RoPE: the context stretch (0 = the model's own, or ×4)
     moe_layer: int | None = None  # Experts tab: the MoE layer shown (None = the first)
     moe_load_all: bool = False  # Experts tab: load histogram of every MoE layer instead of one
+    lesson: str = ""  # the lesson being played (its file's stem; "" = none) and its step, from 0
+    lesson_step: int = 0
     generating: bool = False
     stop_requested: bool = False
     run: int = 0  # counts generations started in this session: a stopped one must stay stopped when another starts

@@ -20,6 +20,7 @@ from explorer.ui.attention_tab import AttentionTab
 from explorer.ui.common import Limits, model_summary, presentation_fonts
 from explorer.ui.embeddings_tab import EmbeddingsTab
 from explorer.ui.experts_tab import ExpertsTab
+from explorer.ui.lessons import Lessons
 from explorer.ui.logit_lens_tab import LogitLensTab
 from explorer.ui.next_token_tab import NextTokenTab
 from explorer.ui.share import Share
@@ -77,6 +78,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         return output_html(tok, s.prompt_ids, s.steps, selected=s.selected, bar=bar)
 
     share = Share(lm, limits)
+    lessons = Lessons(lm, limits)
     with gr.Blocks(title="LLM Explorer") as app:
         # a closed tab deletes the session: stop its generation at the next token. The registry frees the traces of
         # idle sessions over its cap and clears sessions that stop talking (API clients never close a tab)
@@ -86,6 +88,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             gr.HTML(TITLE, elem_id="title", padding=False)
             presentation = gr.Checkbox(label="Presentation mode", value=False, elem_id="presentation",
                                        container=False, scale=0, min_width=170)
+            lessons.menu()
             share.link_button()
             gr.HTML(model_summary(lm), elem_id="model-summary", padding=False)
         if lm.random_weights:
@@ -94,6 +97,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                         "architecture.", elem_id="random-weights-banner")
         with gr.Row(elem_id="main", equal_height=False):
             with gr.Column(scale=0, min_width=290, elem_id="controls"):
+                lessons.panel()
                 prompt = gr.Textbox(label="Prompt (Ctrl+Enter generates)", lines=3, max_lines=8, elem_id="prompt",
                                     value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)
                 # a menu: picking an example fills the prompt, then the menu empties again (nothing else writes it)
@@ -339,6 +343,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         presentation.change(on_presentation, [presentation, state], everything, api_visibility="private",
                             show_progress="hidden")
 
+        lessons.wire(state, tab_set, tabs, output, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
+                     stop_at_eos], on_generate, [state, output, status, refresher, generate, stop], render_tab,
+                     render_output, running)
         greedy.change(on_greedy, [greedy], [temperature, top_k, top_p], api_visibility="private", queue=False)
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
