@@ -3,8 +3,8 @@ loading). The reference (model/decoder.py, model/layers.py) never knows: every f
 it replaces computes, and leaving `accelerate` out (EXPLORER_KERNELS=0, or no C++ compiler) changes no token.
 
 A fast path is a function (decoder, stored matrices) -> a sentence saying what it did, or None where it does not
-apply to this checkpoint on this machine. `accelerate` runs them in order; new ones (bf16 weights as stored, batched
-decoding steps) join FAST_PATHS."""
+apply to this checkpoint on this machine. `accelerate` runs them in order; new ones (batched decoding steps) join
+FAST_PATHS."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,6 +37,31 @@ def gguf_blocks(decoder: Decoder, stored: Mapping[str, StoredMatrix]) -> str | N
     if weight.device.type != "cpu" or weight.dtype != torch.float32 or not wanted or kernels.extension() is None:
         return None
     packed = {name: PackedWeight.from_stored(m.read(), m.qtype) for name, m in wanted.items()}
+    use_packed(decoder, packed)
+    kinds = "/".join(sorted({p.kind.upper() for p in packed_matrices(decoder).values()}))
+    return f"decoding from the file's {kinds} blocks ({kernels.extension().isa()} kernels)"
+
+
+def bf16_weights(decoder: Decoder, stored: Mapping[str, StoredMatrix]) -> str | None:
+    """A checkpoint stored in bf16 (the hub's safetensors) and loaded as float32 (on the CPU): decoding reads each
+    matrix's bf16 values, widened to float32 in registers. Every float32 weight is checked to be exactly its bf16
+    value, so the products use the same values as the float32 path, from half the bytes."""
+    weight = decoder.embed.weight
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return None
+    taken = packed_matrices(decoder)  # read from GGUF blocks already
+    packed = {name: p for name, w in decoder.named_parameters() if w.dim() == 2 and name not in taken
+              and (p := PackedWeight.from_bf16_values(w)) is not None}
+    if not packed or kernels.extension() is None:  # a model without bf16 weights never builds the kernels
+        return None
+    use_packed(decoder, packed)
+    return f"decoding from the checkpoint's bf16 weights ({kernels.extension().isa()} kernels)"
+
+
+def use_packed(decoder: Decoder, packed: dict[str, PackedWeight]) -> None:
+    """Swap in the modules that read these matrices (by reference parameter name): Llama-style blocks as one
+    compiled call a step, every other matrix through a PackedLinear; a tied embedding's serves as the output matrix."""
+    packed = dict(packed)
     if decoder.config.rope is not None:
         for i, block in enumerate(decoder.blocks):
             fast = OneCallBlock.adopt(block, lambda name: packed.get(f"blocks.{i}.{name}"))
@@ -54,11 +79,9 @@ def gguf_blocks(decoder: Decoder, stored: Mapping[str, StoredMatrix]) -> str | N
         if isinstance(linear, nn.Linear):
             parent, _, child = owner.rpartition(".")
             setattr(decoder.get_submodule(parent), child, PackedLinear(linear.weight, linear.bias, p))
-    kinds = "/".join(sorted({p.kind.upper() for p in packed_matrices(decoder).values()}))
-    return f"decoding from the file's {kinds} blocks ({kernels.extension().isa()} kernels)"
 
 
-FAST_PATHS: list[Callable[[Decoder, Mapping[str, StoredMatrix]], str | None]] = [gguf_blocks]
+FAST_PATHS: list[Callable[[Decoder, Mapping[str, StoredMatrix]], str | None]] = [gguf_blocks, bf16_weights]
 
 
 def accelerate(decoder: Decoder, stored: Mapping[str, StoredMatrix]) -> list[str]:

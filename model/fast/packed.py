@@ -1,6 +1,7 @@
-"""Matrices kept as GGUF stores them (Q4_1, Q8_0 blocks), and a Linear that multiplies a few rows straight from them
-with the compiled kernels (model/kernels/blockquant.cpp): the same weight values as the float32 copy, about a fifth
-of the bytes read. Decoding one token reads every weight once, so bytes read set its speed."""
+"""Matrices kept as the checkpoint stores them (GGUF's Q4_1, Q8_0 blocks; bf16), and a Linear that multiplies a few
+rows straight from them with the compiled kernels (model/kernels/blockquant.cpp): the same weight values as the
+float32 copy, about a fifth (Q4_1) or half (bf16) of the bytes read. Decoding one token reads every weight once, so
+bytes read set its speed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,13 +22,17 @@ MAX_PACKED_ROWS = 4
 
 @dataclass(frozen=True)
 class PackedWeight:
-    kind: str  # "q4_1" | "q8_0"
-    q: torch.Tensor  # q4_1: uint8 [N, K/2] (low nibble j, high nibble j + 16 of each block); q8_0: int8 [N, K]
-    scale: torch.Tensor  # float32 [N, K/32]
+    kind: str  # "q4_1" | "q8_0" | "bf16"
+    # q4_1: uint8 [N, K/2] (low nibble j, high nibble j + 16 of each block); q8_0: int8 [N, K]; bf16: int16 [N, K]
+    # holding bfloat16 bits
+    q: torch.Tensor
+    scale: torch.Tensor | None  # float32 [N, K/32] (not bf16)
     minimum: torch.Tensor | None  # float32 [N, K/32] (q4_1 only)
 
     @property
     def shape(self) -> tuple[int, int]:
+        if self.kind == "bf16":
+            return tuple(self.q.shape)
         return self.scale.shape[0], self.scale.shape[1] * BLOCK
 
     @property
@@ -50,6 +55,15 @@ class PackedWeight:
         return None
 
     @classmethod
+    def from_bf16_values(cls, weight: torch.Tensor) -> "PackedWeight | None":
+        """A float32 matrix whose every value is a bfloat16 (a bf16 checkpoint loaded as float32) as those bf16 values;
+        None where one is not (rounding would change the weight)."""
+        stored = weight.detach().to(torch.bfloat16)
+        if not torch.equal(stored.float(), weight):
+            return None
+        return cls("bf16", stored.view(torch.int16), None, None)
+
+    @classmethod
     def stacked(cls, parts: list["PackedWeight"]) -> "PackedWeight":
         """One matrix of the parts' rows, in order (the parts must share kind and K)."""
         cat = lambda ts: torch.cat(ts) if ts[0] is not None else None
@@ -64,6 +78,8 @@ class PackedWeight:
     def dequantize(self) -> torch.Tensor:
         """float32 [N, K]: the values the kernels compute with (tests compare them with gguf's dequantizer)."""
         n, k = self.shape
+        if self.kind == "bf16":
+            return self.q.view(torch.bfloat16).float()
         if self.kind == "q4_1":
             lo, hi = (self.q & 0x0F).view(n, -1, 16), (self.q >> 4).view(n, -1, 16)
             q = torch.cat((lo, hi), dim=-1).float()
@@ -83,7 +99,7 @@ class PackedWeight:
 
 class PackedLinear(nn.Linear):
     """A reference nn.Linear (same weight and bias, same name in the model) that multiplies a few float32 rows on the
-    CPU straight from the checkpoint's blocks; anything else goes through the float32 weight as before."""
+    CPU straight from the checkpoint's stored matrix; anything else goes through the float32 weight as before."""
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, packed: PackedWeight) -> None:
         nn.Module.__init__(self)

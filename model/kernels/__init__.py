@@ -1,12 +1,14 @@
-"""CPU kernels that compute straight from GGUF's block-quantized weights (blockquant.cpp), built once with the
-machine's C++ compiler through torch.utils.cpp_extension and cached in torch's extensions folder. The fast paths
-(model/fast) use them; the reference decoder never does.
+"""CPU kernels that compute straight from weights as stored, GGUF's blocks or bf16 (blockquant.cpp), built once with
+the machine's C++ compiler through torch.utils.cpp_extension and cached in torch's extensions folder, under a name
+of the source's hash (checkouts with other sources never rebuild each other's). The fast paths (model/fast) use
+them; the reference decoder never does.
 
 Without a compiler, or with EXPLORER_KERNELS=0 (which turns every fast path off), everything still works: decoding
 then runs the reference on the float32 weights (about 5x the bytes for a Q4_1 model, so about a third of the
 speed). `python -m model.kernels` builds the extension ahead of time (`make setup` does) and prints what it uses."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import warnings
@@ -35,7 +37,8 @@ def extension() -> ModuleType | None:
 
                 _put_ninja_on_path()
 
-                _module = load("explorer_blockquant", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+                _module = load(f"explorer_blockquant_{digest}", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
                                extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as e:  # no compiler, no ninja, a read-only cache...: fall back to float32 weights
                 lines = str(e).strip().splitlines() or [""]

@@ -1,4 +1,4 @@
-// Matrix products straight from GGUF's block-quantized weights, for decoding on the CPU.
+// Matrix products straight from weights as a checkpoint stores them (GGUF's blocks, bf16), for decoding on the CPU.
 //
 // Decoding one token reads every weight once, so its speed is set by how many bytes the weights take. The embedded
 // model's weights are stored as Q4_1 (and Q8_0 for the embedding): 5 and 8.5 bits per weight instead of float32's
@@ -10,11 +10,16 @@
 //         d, m [N, K/32] float32; weight = d * q + m.
 //   Q8_0: q [N, K] int8; d [N, K/32] float32; weight = d * q.
 // y[r, n] = sum_b d[n, b] * (q[n, b, :] . x[r, b, :])  (+ m[n, b] * sum(x[r, b, :]) for Q4_1)
+//
+// A checkpoint stored in bf16 (the hub's safetensors) is read the same way: its values as stored, 2 bytes each, each
+// widened to the float32 it exactly is (the upper half of its bits) in registers, products summed in float32.
+//   BF16: w [N, K] int16 holding bfloat16 bits; y[r, n] = w[n, :] . x[r, :].
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <optional>
 #include <cstdint>
 #include <vector>
@@ -52,8 +57,40 @@ float q8_0_dot_scalar(const int8_t* q, const float* d, const float* x, int64_t n
   return acc;
 }
 
+// bfloat16 bits -> the float32 they are the upper half of (exact)
+inline float bf16_value(uint16_t bits) {
+  const uint32_t wide = uint32_t(bits) << 16;
+  float f;
+  std::memcpy(&f, &wide, sizeof f);
+  return f;
+}
+
+float bf16_dot_scalar(const uint16_t* w, const float* x, int64_t k) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < k; ++i) acc += bf16_value(w[i]) * x[i];
+  return acc;
+}
+
 #ifdef EXPLORER_X86
 #define AVX512 __attribute__((target("avx512f,avx512bw")))
+// 16 bf16 values widened to float32: zero-extend to 32 bits, shift into the upper half
+AVX512 inline __m512 bf16x16_avx512(const uint16_t* w) {
+  __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+AVX512 float bf16_dot_avx512(const uint16_t* w, const float* x, int64_t k) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {  // two chains, as for the blocks
+    acc0 = _mm512_fmadd_ps(bf16x16_avx512(w + i), _mm512_loadu_ps(x + i), acc0);
+    acc1 = _mm512_fmadd_ps(bf16x16_avx512(w + i + 16), _mm512_loadu_ps(x + i + 16), acc1);
+  }
+  float tail = 0.f;
+  for (; i < k; ++i) tail += bf16_value(w[i]) * x[i];
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
+}
+
 // one block: the 32 products q * x, before the block's scale
 AVX512 inline __m512 q4_1_block_avx512(const uint8_t* q, const float* x) {
   const __m128i low = _mm_set1_epi8(0x0F);
@@ -127,6 +164,20 @@ AVX2 float q4_1_dot_avx2(const uint8_t* q, const float* d, const float* m,
     macc += m[b] * xsum[b];
   }
   return hsum256(acc) + macc;
+}
+
+AVX2 float bf16_dot_avx2(const uint16_t* w, const float* x, int64_t k) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m256i lo = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i)));
+    __m256i hi = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + i + 8)));
+    acc0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(lo, 16)), _mm256_loadu_ps(x + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(hi, 16)), _mm256_loadu_ps(x + i + 8), acc1);
+  }
+  float tail = 0.f;
+  for (; i < k; ++i) tail += bf16_value(w[i]) * x[i];
+  return hsum256(_mm256_add_ps(acc0, acc1)) + tail;
 }
 
 AVX2 float q8_0_dot_avx2(const int8_t* q, const float* d, const float* x, int64_t nb) {
@@ -253,6 +304,36 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   return y;
 }
 
+torch::Tensor bf16_matmul(const torch::Tensor& x, const torch::Tensor& w) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "x must be a contiguous float32 [M, K] CPU tensor");
+  TORCH_CHECK(w.scalar_type() == torch::kInt16 && w.dim() == 2 && w.is_contiguous() && w.size(1) == x.size(1),
+              "bf16 weights must be contiguous int16 [N, K] (bfloat16 bits)");
+  const int64_t rows = x.size(0), k = x.size(1), n = w.size(0);
+  auto y = torch::empty({rows, n}, x.options());
+  const float* px = x.data_ptr<float>();
+  const uint16_t* pw = reinterpret_cast<const uint16_t*>(w.data_ptr<int16_t>());
+  float* py = y.data_ptr<float>();
+  at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = px + r * k;
+      for (int64_t i = begin; i < end; ++i) {
+        const uint16_t* wi = pw + i * k;
+        prefetch(wi + PREFETCH_ROWS * k, k * 2);
+        float v;
+#ifdef EXPLORER_X86
+        if (ISA == Isa::avx512) v = bf16_dot_avx512(wi, xr, k);
+        else if (ISA == Isa::avx2) v = bf16_dot_avx2(wi, xr, k);
+        else
+#endif
+          v = bf16_dot_scalar(wi, xr, k);
+        py[r * n + i] = v;
+      }
+    }
+  });
+  return y;
+}
+
 // RMSNorm of a few float32 rows: x / sqrt(mean(x^2) + eps) * weight.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.is_contiguous(), "x: contiguous float32");
@@ -279,12 +360,13 @@ inline void rope_row(const float* x, const float* c, const float* s, int64_t hal
   }
 }
 
-// A matrix kept as GGUF blocks: kind "q4_1" (q, d, m) or "q8_0" (q, d; m undefined).
+// A matrix kept as stored: GGUF blocks, kind "q4_1" (q, d, m) or "q8_0" (q, d; m undefined), or "bf16" (q; d and m
+// undefined).
 struct Packed {
   std::string kind;
   torch::Tensor q, d, m;
   torch::Tensor operator()(const torch::Tensor& x) const {
-    return kind == "q4_1" ? q4_1_matmul(x, q, d, m) : q8_0_matmul(x, q, d);
+    return kind == "q4_1" ? q4_1_matmul(x, q, d, m) : kind == "q8_0" ? q8_0_matmul(x, q, d) : bf16_matmul(x, q);
   }
 };
 
@@ -362,10 +444,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   using release = py::call_guard<py::gil_scoped_release>;
   module.def("q4_1_matmul", &q4_1_matmul, "x [M, K] float32 @ Q4_1 blocks [N, K] ^T -> [M, N]", release());
   module.def("q8_0_matmul", &q8_0_matmul, "x [M, K] float32 @ Q8_0 blocks [N, K] ^T -> [M, N]", release());
+  module.def("bf16_matmul", &bf16_matmul, "x [M, K] float32 @ bf16 bits [N, K] ^T -> [M, N]", release());
   py::class_<Packed>(module, "Packed")
-      .def(py::init([](std::string kind, torch::Tensor q, torch::Tensor d, std::optional<torch::Tensor> m) {
-        TORCH_CHECK(kind == "q4_1" || kind == "q8_0", "unknown block kind ", kind);
-        return Packed{kind, q, d, m ? *m : torch::Tensor()};
+      .def(py::init([](std::string kind, torch::Tensor q, std::optional<torch::Tensor> d,
+                       std::optional<torch::Tensor> m) {
+        TORCH_CHECK(kind == "q4_1" || kind == "q8_0" || kind == "bf16", "unknown kind ", kind);
+        TORCH_CHECK(kind == "bf16" || d, kind, " needs its scales");
+        return Packed{kind, q, d ? *d : torch::Tensor(), m ? *m : torch::Tensor()};
       }))
       .def("__call__", &Packed::operator(), "x [M, K] float32 -> x @ W^T [M, N]", release());
   module.def("llama_block_step", &llama_block_step, "one token through a Llama-style block", release());

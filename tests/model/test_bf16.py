@@ -4,7 +4,11 @@ Two bf16 computations agree only to their rounding, which the wide test models (
 layer, so most comparisons here are per block: the Trace is given transformers' own residual stream (teacher
 forcing) and each block's internals are compared with transformers' submodules on the same input. A wrong norm
 epsilon changes them by tens of percent; a norm whose statistics are not taken in float32 moves each row by a few
-thousandths, which test_norm_statistics_are_float32 measures against a float64 reference."""
+thousandths, which test_norm_statistics_are_float32 measures against a float64 reference.
+
+A bf16 checkpoint loaded as float32 (what a Space loads: the hub's SmolLM2 safetensors; made here from the embedded
+model's weights) decodes from its bf16 values (model/fast: bf16_weights): the same values as the float32 path, so
+the same tokens; EXPLORER_KERNELS=0 and a failed build give the float32 reference."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +18,9 @@ import pytest
 import torch
 import transformers
 
-from model import load_model
+from bench.bf16 import embedded_bf16_folder, load
+from model import kernels, load_model
+from model.fast import OneCallBlock, PackedLinear, packed_matrices
 from tests.model.families import DEEPSEEK, IDS, PARTS, VOCAB, build_hf, capture, close, hf_layers, save
 
 BF16_FAMILIES = ["llama-gqa-untied", "qwen3-qk-norm", *DEEPSEEK]
@@ -139,3 +145,62 @@ def test_router_keeps_float32_as_transformers_does(tmp_path):
     for layer in trace.moe_layers:
         chosen = ref.layers[layer]["gate"][2]
         assert torch.equal(trace.routing(layer).experts.sort(-1).values, chosen.sort(-1).values), f"layer {layer}"
+
+
+@pytest.fixture(scope="module")
+def space_folder(tmp_path_factory):
+    return embedded_bf16_folder(tmp_path_factory.mktemp("smollm2-bf16"))
+
+
+@pytest.fixture(scope="module")
+def space_models(space_folder):
+    """The bf16 folder loaded as float32 on the CPU: with the fast paths, and with EXPLORER_KERNELS=0."""
+    return load(space_folder, kernels_on=True), load(space_folder, kernels_on=False)
+
+
+def test_a_bf16_checkpoint_decodes_from_its_bf16_values(space_models):
+    fast, reference = space_models
+    assert fast.dtype == torch.float32 and any("bf16 weights" in done for done in fast.fast_paths)
+    assert not reference.fast_paths and not packed_matrices(reference.decoder)  # the switch turns it off
+    decoder = fast.decoder
+    assert all(isinstance(block, OneCallBlock) for block in decoder.blocks)
+    assert isinstance(decoder.lm_head, PackedLinear) and decoder.lm_head.weight is decoder.embed.weight
+    packed = packed_matrices(decoder)
+    params = dict(decoder.named_parameters(remove_duplicate=False))
+    assert sorted(packed) == sorted(n for n, p in params.items() if p.dim() == 2 and n != "embed.weight")
+    for name, p in packed.items():  # the stored values exactly, in half the bytes
+        assert p.kind == "bf16" and torch.equal(p.dequantize(), params[name]), name
+        assert 2 * p.nbytes == params[name].numel() * 4, name
+
+
+def test_bf16_decoding_gives_the_float32_paths_tokens(space_models):
+    fast, reference = space_models
+    greedy = lambda lm: list(lm.generate("The capital of France is", max_new_tokens=24, greedy=True, top_n=5,
+                                         stop_at_eos=False, record=True))
+    a, b = greedy(fast), greedy(reference)
+    assert [s.token_id for s in a] == [s.token_id for s in b]
+    for x, y in zip(a, b):
+        assert x.top_ids == y.top_ids and x.top_probs == pytest.approx(y.top_probs, abs=1e-5)
+    # the residual stream recorded while decoding (only the order of float additions differs)
+    ha, hb = a[-1].trace.hidden_states, b[-1].trace.hidden_states
+    assert ((ha - hb).norm(dim=-1) / hb.norm(dim=-1)).max() < 1e-5
+
+
+def test_a_failed_build_falls_back_to_the_float32_path(space_folder, monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension\nblockquant.cpp:1: error: c++: command not found")
+
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_error", None)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        lm = load(space_folder, kernels_on=True)
+    assert not lm.fast_paths and not packed_matrices(lm.decoder)
+    assert len(list(lm.generate("Hi", max_new_tokens=3, greedy=True))) == 3
+
+
+def test_float32_checkpoints_are_not_read_as_bf16(tmp_path):
+    lm = load_model(save(build_hf("llama-gqa-untied"), tmp_path), device="cpu", dtype="float32")
+    assert not lm.fast_paths and not packed_matrices(lm.decoder)

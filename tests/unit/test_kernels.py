@@ -1,6 +1,7 @@
-"""The block-quantized kernels and the fast path built on them (model/fast): the values they compute with are gguf's
-dequantized values, their products agree with a float32 matmul on every instruction-set path, the embedded model
-really decodes through them, and turning them off changes no token."""
+"""The kernels that read stored weights and the fast path built on them (model/fast): the values they compute with are
+gguf's dequantized values or a bf16 checkpoint's own, their products agree with a float32 matmul on every
+instruction-set path, the embedded model really decodes through them, and turning them off changes no token. (A
+whole bf16 checkpoint: tests/model/test_bf16.py.)"""
 from __future__ import annotations
 
 import gguf
@@ -46,6 +47,32 @@ def test_products_match_a_float32_matmul_on_every_path(ext, qtype, isa, n, k):
         torch.testing.assert_close(packed.matmul(x), x @ dense.T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("n,k", [(96, 576), (37, 1544), (5, 40)])  # K beyond a multiple of the vector width too
+def test_bf16_products_match_a_float32_matmul_on_every_path(ext, isa, n, k):
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(ext.use_isa("best")):
+        pytest.fail(f"this CPU lacks {isa}")
+    dense = (torch.randn(n, k, generator=torch.Generator().manual_seed(n)) * 0.1).to(torch.bfloat16).float()
+    packed = PackedWeight.from_bf16_values(dense)
+    assert packed.kind == "bf16" and packed.shape == (n, k) and packed.nbytes == 2 * n * k  # half of float32's
+    assert torch.equal(packed.dequantize(), dense)  # the stored values, exactly
+    try:
+        assert ext.use_isa(isa) == isa
+        for rows in (1, 3):
+            x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows))
+            torch.testing.assert_close(packed.matmul(x), x @ dense.T, rtol=1e-5, atol=1e-5)
+    finally:
+        ext.use_isa("best")
+
+
+def test_float32_values_that_are_not_bf16_are_never_rounded():
+    w = torch.randn(8, 64, dtype=torch.bfloat16).float()
+    assert PackedWeight.from_bf16_values(w) is not None
+    w[3, 5] += 2 ** -12 * abs(float(w[3, 5]))  # one value between two bf16 neighbours
+    assert PackedWeight.from_bf16_values(w) is None
+
+
 def test_isa_names_are_checked(ext):
     with pytest.raises(RuntimeError, match="unknown instruction set"):
         ext.use_isa("avx1024")
@@ -59,8 +86,15 @@ def test_bad_arguments_are_refused_not_read_out_of_bounds(ext):
         ext.q4_1_matmul(torch.randn(1, 48), p.q, p.scale, p.minimum)
     with pytest.raises(RuntimeError, match="float32"):
         ext.q4_1_matmul(torch.randn(1, 64, dtype=torch.float64), p.q, p.scale, p.minimum)
-    with pytest.raises(RuntimeError, match="unknown block kind"):
+    with pytest.raises(RuntimeError, match="unknown kind"):
         ext.Packed("q5_k", p.q, p.scale, p.minimum)
+    with pytest.raises(RuntimeError, match="needs its scales"):
+        ext.Packed("q4_1", p.q, None, None)
+    w = torch.zeros(4, 64, dtype=torch.int16)
+    with pytest.raises(RuntimeError, match="bf16 weights must be"):
+        ext.bf16_matmul(torch.randn(1, 48), w)
+    with pytest.raises(RuntimeError, match="bf16 weights must be"):
+        ext.bf16_matmul(torch.randn(1, 64), w.float())
 
 
 def test_embedded_model_decodes_from_its_gguf_blocks(embedded_lm, ext):
