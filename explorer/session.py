@@ -40,6 +40,10 @@ class Session:
     moe_load_all: bool = False  # Experts tab: load histogram of every MoE layer instead of one
     lesson: str = ""  # the lesson being played (its file's stem; "" = none) and its step, from 0
     lesson_step: int = 0
+    probe_ablations: tuple = ()  # Probe tab: the ablations chosen (HeadAblation, ...), shown before and after
+    probe_generate: bool = False  # Probe tab: the next generation runs with them
+    context_interventions: tuple = ()  # what edited the current context's generation: its traces are made with them
+    probe: Any = None  # the Probe tab's own state: the prompts compared, the patching map shown (probe_tab.py)
     generating: bool = False
     stop_requested: bool = False
     run: int = 0  # counts generations started in this session: a stopped one must stay stopped when another starts
@@ -51,7 +55,8 @@ class Session:
     memory: SessionMemory | None = None  # the app's registry of what sessions hold (explorer/memory.py)
     notice: str = ""  # a sentence for the user about what the server did to this session (take_notice)
 
-    def start(self, prompt_ids: list[int], settings: dict[str, Any]) -> None:
+    def start(self, prompt_ids: list[int], settings: dict[str, Any], interventions: tuple = ()) -> None:
+        self.context_interventions = tuple(interventions)
         self.prompt_ids, self.tree, self.settings = list(prompt_ids), BranchTree(), dict(settings)
         self._new_context()
         self.selected = None
@@ -182,7 +187,7 @@ class Session:
         if self.generating and self.steps and self.steps[-1].trace is not None:
             return Recomputing(self.steps[-1].trace)
         if self._full_trace is None or len(self._full_trace) != len(self.ids):
-            self._full_trace = MODEL_THREAD.run(lm.trace, self.ids)
+            self._full_trace = MODEL_THREAD.run(lm.trace, self.ids, self.context_interventions)
         return Recomputing(self._full_trace)
 
     def adopt_trace(self, trace: Trace | None) -> None:
@@ -199,7 +204,7 @@ class Session:
         if self.generating or not ids or (self._full_trace is not None and len(self._full_trace) == len(ids)):
             self._settle()
             return
-        chunks = lm.trace_in_chunks(ids, TRACE_CHUNK)
+        chunks = lm.trace_in_chunks(ids, TRACE_CHUNK, interventions=self.context_interventions)
         while (trace := run(next, chunks)) is None:
             pass
         if self.ids == ids and not self.generating:  # no new generation began meanwhile
@@ -212,6 +217,10 @@ class Session:
         if not self.generating and self.steps and self.steps[-1].trace is not None:
             self.steps = [replace(step, trace=None) for step in self.steps]
         self._report()
+
+    def generation_interventions(self) -> tuple:
+        """The interventions the next generation runs with: the Probe tab's ablations, when it asked for them."""
+        return self.probe_ablations if self.probe_generate else ()
 
     def position(self, trace: Trace) -> int:
         """The selected position, clamped to the trace; the last token by default."""

@@ -15,6 +15,8 @@ from explorer.export import (SessionFileError, check_model, first_mismatch, read
                              tokens_csv, weights_sha256)
 from explorer.generations import ACTIVE, Generation
 from explorer.memory import SessionMemory
+from explorer.model_thread import MODEL_THREAD
+from explorer.probing import describe, parse_interventions, patching_pair, patching_sweep
 from explorer.ui.common import Limits
 from model import LanguageModel
 from model.sampling import GREEDY_BELOW_TEMPERATURE
@@ -67,11 +69,11 @@ class GenerationRequest:
         return asdict(self)
 
     def start(self, lm: LanguageModel, ids: list[int], limits: Limits, record: bool = False,
-              should_stop: Callable[[], bool] = lambda: False) -> Generation:
+              should_stop: Callable[[], bool] = lambda: False, interventions: tuple = ()) -> Generation:
         """The generation of this request from the prompt ids, running on the model thread under the server's
-        limits."""
-        return Generation(lm, ids, self.generate_kwargs(len(ids), limits), limits.time_limit_seconds, record=record,
-                          should_stop=should_stop)
+        limits, edited by the interventions (ablations)."""
+        settings = {**self.generate_kwargs(len(ids), limits), "interventions": tuple(interventions)}
+        return Generation(lm, ids, settings, limits.time_limit_seconds, record=record, should_stop=should_stop)
 
     def generate_kwargs(self, n_prompt: int, limits: Limits) -> dict[str, Any]:
         """Arguments for LanguageModel.generate; new tokens also capped by the server's total context."""
@@ -201,16 +203,20 @@ def _holds_file(value: Any) -> bool:
 def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[dict]]:
     def generate(prompt: str, max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 50,
                  top_p: float = 0.95, seed: int = 0, greedy: bool = False, chat: bool = False,
-                 stop_at_eos: bool = True) -> Iterator[dict]:
+                 stop_at_eos: bool = True, interventions: str = "") -> Iterator[dict]:
         """Generate from a prompt; streams the text so far and, per token, its id, text, probability, entropy
         and the top-5 alternatives. finish_reason is null until the last result, which says why it ended:
         "stop" (an end-of-text token; never with stop_at_eos=False), "length" (max new tokens or the server's
         context) or "time" (the server's time limit). note is null, or a sentence on how the request was read when
-        not as sent: a temperature below 1e-4 decodes greedily."""
+        not as sent: a temperature below 1e-4 decodes greedily. interventions: ablations the whole generation runs
+        with, as JSON (a list, or its text): [{"kind": "head", "layer": 3, "head": 2}, {"kind": "expert", "layer":
+        1, "expert": 5}, {"kind": "attention", "layer": 1}, {"kind": "mlp", "layer": 1}]; "ablated" says, in
+        words, what was."""
         request = GenerationRequest.checked(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat,
                                             stop_at_eos, limits)
+        items = checked_interventions(interventions, lm)
         ids = request.prompt_ids(lm, limits)
-        generation = request.start(lm, ids, limits)
+        generation = request.start(lm, ids, limits, interventions=items)
         text, tokens = "", []
         for steps in generation.follow(limits.text_hz):
             for step in steps[len(tokens):]:
@@ -220,9 +226,50 @@ def api_generate(lm: LanguageModel, limits: Limits) -> Callable[..., Iterator[di
                                         for i, p in zip(step.top_ids[:5], step.top_probs[:5])]))
             if steps or generation.finish_reason is not None:
                 yield dict(text=text, prompt_tokens=len(ids), tokens=tokens, finish_reason=generation.finish_reason,
-                           note=request.note)
+                           note=request.note, ablated=describe(items) if items else None)
 
     return generate
+
+
+def checked_interventions(value: Any, lm: LanguageModel) -> list:
+    """/generate's interventions (a JSON text or list), or a user error saying what is wrong."""
+    if not isinstance(value, (str, list)) and value is not None:
+        raise user_error(f"interventions must be a JSON list (or its text), got {_described(value)}.")
+    if isinstance(value, str) and len(value) > 20_000:
+        raise user_error(f"interventions is {len(value):,} characters of JSON; a list of ablations is far shorter.")
+    try:
+        return parse_interventions(value, lm.config)
+    except ValueError as e:
+        raise user_error(str(e)[:300]) from None
+
+
+def api_patching(lm: LanguageModel) -> Callable[..., dict]:
+    def patching(prompt_a: str, prompt_b: str, target: str = "") -> dict:
+        """Activation patching (causal tracing, Meng et al. 2022) from prompt A into prompt B, two prompts of the
+        same number of tokens: p_patched[layer][position] is p(target) at B's last position when the residual
+        stream leaving that block at that position is A's instead of B's. restored is (p_patched - p_b) / (p_a -
+        p_b) (1: A's probability comes back, 0: no effect), or p_patched itself where |p_a - p_b| < 0.001
+        (normalised says which). target: one token's text (" Paris", with its leading space), or empty for A's
+        most likely next token. Runs n_layers x tokens forward passes, in small tasks between other users' tokens."""
+        for name, value in (("prompt_a", prompt_a), ("prompt_b", prompt_b), ("target", target)):
+            if not isinstance(value, str):
+                raise user_error(f"{name} must be text, got {_described(value)}.")
+            if len(value) > 4_000:
+                raise user_error(f"{name} is {len(value):,} characters; patching takes short prompts.")
+        try:
+            ids_a, ids_b, target_id = patching_pair(lm.tokenizer, prompt_a, prompt_b, target)
+        except ValueError as e:
+            raise user_error(str(e)) from None
+        trace_a, trace_b = MODEL_THREAD.run(lm.trace, ids_a), MODEL_THREAD.run(lm.trace, ids_b)
+        sweep = patching_sweep(trace_a, trace_b, target_id)
+        while (result := MODEL_THREAD.run(next, sweep, None)) is not None:
+            done = result
+        text = lm.tokenizer.decode
+        return dict(tokens_a=[text([i]) for i in ids_a], tokens_b=[text([i]) for i in ids_b],
+                    target=dict(id=done.target, text=text([done.target])), p_a=done.p_a, p_b=done.p_b,
+                    normalised=done.normalised, p_patched=done.patched.tolist(), restored=done.restored().tolist())
+
+    return patching
 
 
 def api_stats(memory: SessionMemory) -> Callable[[], dict]:

@@ -12,7 +12,7 @@ import gradio as gr
 from explorer.memory import SessionMemory
 from explorer.model_thread import MODEL_THREAD, drawing
 from explorer.session import Session
-from explorer.ui.api import (GenerationRequest, api_generate, api_stats, check_event_inputs, shown,
+from explorer.ui.api import (GenerationRequest, api_generate, api_patching, api_stats, check_event_inputs, shown,
                               start_continuation, user_error)
 from explorer.analysis import stage_values
 from explorer.ui.architecture_tab import ArchitectureTab
@@ -23,9 +23,11 @@ from explorer.ui.experts_tab import ExpertsTab
 from explorer.ui.lessons import Lessons
 from explorer.ui.logit_lens_tab import LogitLensTab
 from explorer.ui.next_token_tab import NextTokenTab
+from explorer.ui.probe_tab import ProbeTab
 from explorer.ui.share import Share
 from explorer.ui.tokens_tab import TokensTab
 from explorer.views.output import branch_bar_html, output_html
+from explorer.views.probing import ablated_banner
 from model import LanguageModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -75,7 +77,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
 
     def render_output(s: Session) -> str:
         bar = branch_bar_html(tok, s.tree.branches, s.tree.current, s.n_prompt)
-        return output_html(tok, s.prompt_ids, s.steps, selected=s.selected, bar=bar)
+        text = output_html(tok, s.prompt_ids, s.steps, selected=s.selected, bar=bar)
+        return ablated_banner(s.context_interventions) + text  # marked when generated with an ablation
 
     share = Share(lm, limits)
     lessons = Lessons(lm, limits)
@@ -134,7 +137,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                     classes = [TokensTab, EmbeddingsTab, AttentionTab, NextTokenTab, LogitLensTab]
                     if lm.config.moe is not None:
                         classes.append(ExpertsTab)
-                    for cls in classes + [ArchitectureTab]:
+                    for cls in classes + [ArchitectureTab, ProbeTab]:
                         with gr.Tab(cls.title, id=cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
                             tab = ArchitectureTab(lm, live_stages(lm)) if cls is ArchitectureTab else cls(lm)
                         tabs[cls.title] = tab
@@ -159,13 +162,17 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         def on_generate(text, use_chat, n_new, temp, k, p, seed_value, is_greedy, eos, s: Session) -> Iterator[dict]:
             request = GenerationRequest.checked(text, n_new, temp, k, p, seed_value, is_greedy, use_chat, eos, limits)
             ids = request.prompt_ids(lm, limits)
-            s.start(ids, request.settings())
+            interventions = s.generation_interventions()  # the Probe tab's ablations, when it asked for them
+            s.start(ids, request.settings(), interventions)
             run = s.run
             note = f" {request.note}" if request.note else ""  # e.g. a tiny temperature decodes greedily
+            if interventions:
+                note += f" Ablated: {'; '.join(map(str, interventions))} (the Probe tab removes it)."
             yield {state: s, output: render_output(s), status: "Generating…" + note, refresher: gr.Timer(active=True),
                    **running(True)}
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
-            generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stopped(run))
+            generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stopped(run),
+                                       interventions=interventions)
             if (ended := (yield from stream(s, run, generation))) is None:
                 return  # a newer generation owns the session (and its screen) now
             reason, message = ended
@@ -348,6 +355,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                      render_output, running)
         greedy.change(on_greedy, [greedy], [temperature, top_k, top_p], api_visibility="private", queue=False)
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
+               concurrency_id="generate")
+        tabs[ProbeTab.title].wire(state, render_tab)
+        gr.api(api_patching(lm), api_name="patching", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
         gr.api(api_stats(memory), api_name="stats", queue=False)
         share.wire(app, state=state, status=status, output=output, tab_set=tab_set, tabs=tabs, render_tab=render_tab,
