@@ -133,6 +133,9 @@ class Steering(Intervention):
     vector: torch.Tensor
     scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vector", torch.as_tensor(self.vector, dtype=torch.float32))
+
     def block(self, h: torch.Tensor, start: int) -> torch.Tensor:
         return h + self.scale * self.vector.to(device=h.device, dtype=h.dtype)
 
@@ -157,6 +160,8 @@ class Patch(Intervention):
     source: Trace = field(repr=False)
 
     def __post_init__(self) -> None:
+        if not hasattr(self.source, "residual"):
+            raise ValueError(f"a Patch's source is a Trace (of the run to copy from), not {type(self.source).__name__}")
         positions = (self.positions,) if isinstance(self.positions, Integral) else tuple(self.positions)
         if not positions:
             raise ValueError("a Patch needs at least one position")

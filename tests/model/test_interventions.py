@@ -244,4 +244,6 @@ def test_bad_interventions_are_refused_in_a_sentence(pair):
         Patch(0, [], source)
     with pytest.raises(ValueError, match="token indices"):
         Patch(0, [-1], source)
+    with pytest.raises(ValueError, match="source is a Trace"):
+        Patch(0, [1], OTHER_IDS)
     assert len(Interventions.of([HeadAblation(0, 0)], cfg)) == 1
