@@ -122,10 +122,12 @@ def test_a_sessions_traces_are_counted_dropped_recomputed_and_told(embedded_lm):
     first.prepare_trace(lm, run)  # its next render recomputes it, and now the second one makes room
     # the same values up to rounding: the recomputation reads the context in chunks, the generation a token at a time
     torch.testing.assert_close(first.trace(lm).residual, before, rtol=1e-3, atol=1e-3)
-    assert memory.held(first) == n * per_token and memory.held(second) == 0
+    # the second one's steps still held their traces (no render stripped them): they go too
+    assert memory.held(first) == n * per_token and memory.held(second) == 0 and second.trace_bytes() == 0
     assert memory.stats()["traces_dropped"] == 2
 
     memory.ttl_seconds = 0.0
     assert memory.sweep() == 2
     assert first.ids == [] and first.trace(lm) is None and first.take_notice() == EXPIRED
+    assert first.trace_bytes() == second.trace_bytes() == 0  # what the registry stopped counting is really let go
     assert memory.stats()["trace_bytes"] == 0
