@@ -113,13 +113,21 @@ def test_trace_of_1024_tokens_fits_the_budget(embedded_lm):
     torch.testing.assert_close(att.sum(-1), torch.ones(9, 1024))
 
 
+def assert_same_residual(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Residual streams [L + 1, T, d] computed in another order (chunks over a cache, or one pass): equal to float32
+    rounding of each layer's scale. SmolLM2's stream reaches ~2e4 in a few dimensions (massive activations), where a
+    rounding step is ~1e-3, so an absolute tolerance would pass or fail by luck of the summation order."""
+    scale = expected.abs().amax(dim=(1, 2), keepdim=True)  # [L + 1, 1, 1]
+    torch.testing.assert_close(actual / scale, expected / scale, atol=1e-5, rtol=0)
+
+
 def test_a_trace_in_chunks_is_the_trace(embedded_lm):
     ids = (embedded_lm.tokenizer.encode(" the quick brown fox jumps over the lazy dog") * 40)[:300]
     chunks = list(embedded_lm.trace_in_chunks(ids, chunk=128))
     assert [c is None for c in chunks] == [True, True, False]  # 128 + 128 + 44 tokens: one yield per chunk
     whole, chunked = embedded_lm.trace(ids), chunks[-1]
     assert chunked.ids.tolist() == ids
-    torch.testing.assert_close(chunked.hidden_states, whole.hidden_states, atol=2e-4, rtol=1e-4)
+    assert_same_residual(chunked.hidden_states, whole.hidden_states)
     torch.testing.assert_close(chunked.attention(12), whole.attention(12), atol=1e-5, rtol=1e-4)
 
 
@@ -132,5 +140,5 @@ def test_a_recording_generation_returns_the_whole_context_trace(embedded_lm):
     ids = prompt_ids + [s.token_id for s in steps]
     trace = done.value.value
     assert trace.ids.tolist() == ids  # the last token included
-    torch.testing.assert_close(trace.hidden_states, embedded_lm.trace(ids).hidden_states, atol=2e-4, rtol=1e-4)
+    assert_same_residual(trace.hidden_states, embedded_lm.trace(ids).hidden_states)
     assert len(steps[-1].trace) == len(ids) - 1  # each step's own trace is still the context it was predicted from
