@@ -97,24 +97,26 @@ class Session:
         that has it becomes current, selected at that token. True: a new branch, whose continuation the caller
         generates (as run `self.run`); False: an existing one, or nothing changed. ValueError (nothing changed) for a
         position or token that is not a candidate here."""
-        before = self.tree.current
-        new = self.tree.fork(position - self.n_prompt, token_id, text)
-        if self.tree.current != before:
-            self._left(before)
-            self.selected = position
-        if new:
-            self.generating, self.stop_requested = True, False
-            self.run += 1
+        with self._branching:
+            before = self.tree.current
+            new = self.tree.fork(position - self.n_prompt, token_id, text)
+            if self.tree.current != before:
+                self._left(before)
+                self.selected = position
+            if new:
+                self.generating, self.stop_requested = True, False
+                self.run += 1
         return new
 
     def switch_branch(self, index: int) -> None:
         """Show branch `index` (0: the original) in every view, as it was left; a running generation ends."""
-        before = self.tree.current
-        self.tree.switch(index)
-        if index != before:
-            self._left(before)
-            if self.selected is not None and self.selected >= len(self.ids):
-                self.selected = None
+        with self._branching:
+            before = self.tree.current
+            self.tree.switch(index)
+            if index != before:
+                self._left(before)
+                if self.selected is not None and self.selected >= len(self.ids):
+                    self.selected = None
 
     @property
     def drawing(self) -> threading.Lock:
@@ -127,12 +129,25 @@ class Session:
         """Whether generation number `run` must end: Stop, a closed tab, or a newer generation in this session."""
         return self.stop_requested or self.run != run
 
-    def add(self, step: Step) -> None:
-        if step.index != len(self.steps):  # a branch's continuation counts its tokens from the forced one on
-            step = replace(step, index=len(self.steps))
-        self.steps.append(step)
+    @property
+    def _branching(self) -> threading.Lock:
+        """Held while a token is added or another branch becomes current, so that a generation's token never lands in
+        a branch that became current meanwhile. Made on first use, as `drawing`."""
+        with _LOCK_MAKING:
+            return self.__dict__.setdefault("_branching_lock", threading.Lock())
+
+    def add(self, step: Step, run: int | None = None) -> bool:
+        """Append a generated token to the current branch; with run, only while generation `run` still owns the
+        session (Stop, a fork or a switch may have come between). Whether it was added."""
+        with self._branching:
+            if run is not None and self.stopped(run):
+                return False
+            if step.index != len(self.steps):  # a branch's continuation counts its tokens from the forced one on
+                step = replace(step, index=len(self.steps))
+            self.steps.append(step)
         if len(self.steps) == 1:  # the recorder's buffer, which every step's trace views, is made for the whole run
             self._report()
+        return True
 
     def _report(self) -> None:
         """Tell the registry that this session is in use, and what its traces hold."""

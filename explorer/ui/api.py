@@ -83,15 +83,17 @@ class GenerationRequest:
 
 
 def start_continuation(lm: LanguageModel, limits: Limits, settings: dict[str, Any], ids: list[int], n_generated: int,
-                       record: bool = False, should_stop: Callable[[], bool] = lambda: False) -> Generation | None:
+                       record: bool = False, should_stop: Callable[[], bool] = lambda: False,
+                       interventions: tuple = ()) -> Generation | None:
     """A branch's continuation: the generation `settings` asked for (a GenerationRequest's, the seed included) from
-    ids (the prompt and the branch's n_generated tokens, the forced one last), for the new tokens it has left; None
-    when it has none left (the forced token ends the text, or the token limit is reached)."""
+    ids (the prompt and the branch's n_generated tokens, the forced one last), for the new tokens it has left, with
+    the interventions the original ran with; None when it has none left (the forced token ends the text, or the
+    token limit is reached)."""
     left = settings["max_new_tokens"] - n_generated
     if left <= 0 or (settings["stop_at_eos"] and ids[-1] in lm.tokenizer.stop_ids):
         return None
     request = GenerationRequest(**{**settings, "max_new_tokens": left})
-    return request.start(lm, ids, limits, record=record, should_stop=should_stop)
+    return request.start(lm, ids, limits, record=record, should_stop=should_stop, interventions=interventions)
 
 
 def setting_checks(limits: Limits) -> dict[str, Callable[[Any], Any]]:

@@ -187,10 +187,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             started, base = time.monotonic(), len(s.steps)  # base: a branch's tokens before its continuation
             try:
                 for steps in generation.follow(limits.text_hz):
-                    if s.stopped(run):
-                        break  # before adding: Stop has already shown the text as it was
-                    for step in steps[len(s.steps) - base:]:
-                        s.add(step)
+                    if s.stopped(run) or not all(s.add(step, run) for step in steps[len(s.steps) - base:]):
+                        break  # Stop has already shown the text as it was (or another branch is current now)
                     n = len(s.steps) - base
                     yield {output: render_output(s),
                            status: f"Generating… {n} tokens, {n / (time.monotonic() - started):.1f} tok/s"}
@@ -223,7 +221,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             yield {output: render_output(s), status: f"Generating {label}…", refresher: gr.Timer(active=True),
                    **running(True)}
             generation = start_continuation(lm, limits, s.settings, s.ids, len(s.steps), record=True,
-                                            should_stop=lambda: s.stopped(run))
+                                            should_stop=lambda: s.stopped(run), interventions=s.context_interventions)
             if generation is None:  # nothing left to write after the forced token
                 s.generating = False
                 yield {output: render_output(s), status: f"Done: {label} ends at its forced token.",
@@ -312,7 +310,6 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         switch_branch.click(on_switch, [branch_number, state],
                             [output, status, refresher, generate, stop, *tab_outputs], api_visibility="private",
                             js="(number, s) => [window.__explorerBranch ?? null, s]", **on_views)
-
 
         for title, tab in tabs.items():
             def on_tab(s: Session, title: str = title) -> dict:

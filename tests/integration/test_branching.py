@@ -1,6 +1,6 @@
 """Branching on the real embedded model: a branch's continuation, as the app generates it (explorer/ui/api.py's
 start_continuation into the session), is exactly lm.generate from the prefix and the forced token with the same
-settings and seed; switching back gives the original; Stop ends a branch's generation as any other."""
+settings, seed and ablations; switching back gives the original; Stop ends a branch's generation as any other."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +8,7 @@ import pytest
 from explorer.session import Session
 from explorer.ui.api import GenerationRequest, start_continuation
 from explorer.ui.common import Limits
+from model.interventions import HeadAblation
 
 PROMPT = "The best way to learn a new language is"
 LIMITS = Limits()
@@ -23,14 +24,15 @@ def generate_into(s: Session, generation) -> None:
     s.generating = False
 
 
-@pytest.mark.parametrize("greedy", [True, False])
-def test_a_branch_continues_as_lm_generate_from_the_prefix_and_the_forced_token(embedded_lm, greedy):
+@pytest.mark.parametrize("greedy, ablated", [(True, False), (False, False), (True, True)])
+def test_a_branch_continues_as_lm_generate_from_the_prefix_and_the_forced_token(embedded_lm, greedy, ablated):
     lm = embedded_lm
     request = GenerationRequest.checked(PROMPT, 14, 0.8, 50, 0.95, 3, greedy, False, True, LIMITS)
     ids = request.prompt_ids(lm, LIMITS)
+    ablations = (HeadAblation(3, 1), HeadAblation(5, 4)) if ablated else ()
     s = Session()
-    s.start(ids, request.settings())
-    generate_into(s, request.start(lm, ids, LIMITS, record=True))
+    s.start(ids, request.settings(), ablations)
+    generate_into(s, request.start(lm, ids, LIMITS, record=True, interventions=ablations))
     original = [st.token_id for st in s.steps]
     assert len(original) == 14
 
@@ -41,11 +43,11 @@ def test_a_branch_continues_as_lm_generate_from_the_prefix_and_the_forced_token(
     prefix = ids + original[:at] + [cut]
     assert s.ids == prefix
     generation = start_continuation(lm, LIMITS, s.settings, s.ids, len(s.steps), record=True,
-                                    should_stop=lambda: s.stopped(s.run))
+                                    should_stop=lambda: s.stopped(s.run), interventions=s.context_interventions)
     generate_into(s, generation)
 
     expected = list(lm.generate(prefix, max_new_tokens=14 - at - 1, temperature=0.8, top_k=50, top_p=0.95, seed=3,
-                                greedy=greedy))
+                                greedy=greedy, interventions=ablations))
     branch = s.steps[at + 1:]
     assert [st.token_id for st in branch] == [e.token_id for e in expected]
     assert [st.prob for st in branch] == [e.prob for e in expected]

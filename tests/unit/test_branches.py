@@ -92,6 +92,16 @@ def test_switching_ends_a_running_generation_of_the_branch_left(session):
     assert s.stopped(run) and not s.generating
 
 
+def test_a_token_of_a_generation_that_a_branch_superseded_is_not_added(session):
+    s = session
+    s.generating = True  # the original still writing when a candidate is clicked
+    original_run = s.run
+    s.fork(N_PROMPT + 1, 8, "<8>")
+    assert s.add(step(6, 7), original_run) is False and len(s.steps) == 2
+    assert s.add(continuation(2, [9])[0], s.run) is True and len(s.steps) == 3
+    assert [st.token_id for st in s.tree.branches[0].steps] == ORIGINAL
+
+
 def test_a_branch_of_a_branch_and_back_along_the_tree(session):
     s = session
     s.fork(N_PROMPT + 1, 9, "<9>")
