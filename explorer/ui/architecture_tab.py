@@ -35,6 +35,7 @@ EXPLAIN = ("Every block reads the residual stream h through a **norm**, lets its
 
 VIEWS = ["Blocks", "RoPE"]
 ROPE_HEIGHT = 360  # the RoPE view's figures: under the Show row, within 720 pixels
+PRESENTATION_LESS = 55  # presentation mode's taller output strip and larger type above them
 
 StagesFn = Callable[[Session], "dict | None"]
 
@@ -90,8 +91,8 @@ class ArchitectureTab:
             self.rope_qk = gr.Plot(elem_id="arch-rope-qk", show_label=False, scale=4, min_width=340)
             with gr.Column(scale=3, min_width=250):
                 # 0: the model's own stretch, so that showing another model never carries this one's over
-                self.rope_factor = gr.Dropdown([("Context: the model's own stretch (×4 if none)", 0)]
-                                               + [(f"Context: ×{f} the trained length", f) for f in FACTORS],
+                self.rope_factor = gr.Dropdown([("Context: the model's own", 0)]
+                                               + [(f"Context: ×{f} trained", f) for f in FACTORS],
                                                value=0, show_label=False, container=False,
                                                elem_id="arch-rope-factor")
                 self.rope_text = gr.HTML(elem_id="arch-rope-text", padding=False)
@@ -150,8 +151,9 @@ class ArchitectureTab:
         except ValueError as e:  # no rotary embedding (GPT-2's learned positions)
             return [f'<p class="rope-explain">{style.escape(str(e))}.</p>',
                     placeholder("No rotary embedding", ROPE_HEIGHT), placeholder("No rotary embedding", ROPE_HEIGHT)]
-        return [explain_html(numbers, cfg.mla is not None), frequencies_figure(numbers, ROPE_HEIGHT),
-                distance_figure(numbers, ROPE_HEIGHT)]
+        height = ROPE_HEIGHT - PRESENTATION_LESS if s.presentation else ROPE_HEIGHT  # the text above grows
+        return [explain_html(numbers, cfg.mla is not None), frequencies_figure(numbers, height),
+                distance_figure(numbers, height)]
 
     def render(self, s: Session) -> list[Any]:
         """Only the chosen view is drawn (the other is hidden; choosing it draws it)."""

@@ -113,8 +113,8 @@ def head_query_key(decoder: Decoder, trace: Trace, layer: int, position: int) ->
 
 def qk_by_distance(rope: RopeConfig, q: torch.Tensor, k: torch.Tensor, distances: torch.Tensor,
                    latent: bool = False) -> torch.Tensor:
-    """q·k / (|q| |k|) [n] of a query Δ tokens after its key, for each Δ in distances, averaged over the rows of q and
-    k ([H, d_rot], one per head), rotated by the core's apply_rope (a query at m and a key at m - Δ give the same
+    """q·k / (|q| |k|) [n] of a query Δ tokens after its key, for each Δ in distances, averaged over the rows of q
+    and k ([H, d_rot], one per head), rotated by the core's apply_rope (a query at m and a key at m - Δ give the same
     score as a query at Δ and a key at 0). latent: MLA, whose softmax scale also grows with YaRN's mscale."""
     d_rot = q.shape[-1]
     inv_freq = rope_inv_freq(rope, d_rot)
@@ -134,7 +134,8 @@ def score_gain(rope: RopeConfig, latent: bool = False) -> float:
 
 
 def rope_numbers(cfg: ModelConfig, factor: float, position: int | None = None, q: torch.Tensor | None = None,
-                 k: torch.Tensor | None = None, layer: int = 0, head: int | None = None, token: str = "") -> RopeNumbers:
+                 k: torch.Tensor | None = None, layer: int = 0, head: int | None = None,
+                 token: str = "") -> RopeNumbers:
     """The view's numbers. position: whose angles (None: the last trained position); q, k [H, d_rot]: the real query
     and key of `token` in `layer`, one head's or every head's (head None: their curves averaged); without them the
     standard curve, q = k = (1, …, 1), which shows RoPE alone."""
@@ -153,7 +154,8 @@ def rope_numbers(cfg: ModelConfig, factor: float, position: int | None = None, q
         source = "the standard curve, q = k = (1, …, 1)"
     else:
         who = f"head {head}" if head is not None else f"{q.shape[0]} heads averaged"
-        source = f"layer {layer}, {who}, q and k of “{style.token_label(token, 16)}” (position {position:,}) Δ apart"
+        shown = style.token_label(token, 16)
+        source = f"layer {layer}, {who}, q and k of “{shown}” (position {position:,}) Δ apart"
     distances = sample_distances(round(factor * trained))
     scores = {key: qk_by_distance(r, q, k, distances, cfg.mla is not None) for key, r in ropes.items()}
     return RopeNumbers(cfg.name, d_rot, trained, float(factor), ropes, inv_freq, position, angles, distances, scores,
@@ -184,7 +186,7 @@ def frequencies_figure(n: RopeNumbers, height: int = style.VIEW_HEIGHT) -> go.Fi
     grey). Bottom: the angle the selected position has turned each pair by, under the model's own scaling."""
     pairs = list(range(n.d_rot // 2))
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.16,
-                        subplot_titles=("Frequency of each pair", f"Angle at position {n.position:,}"))
+                        subplot_titles=("Frequencies", f"Angle at position {n.position:,}"))
     _subplot_titles_inherit_font(fig)
     for key in ("own", *SCALINGS):
         own = key == "own"
@@ -205,8 +207,10 @@ def frequencies_figure(n: RopeNumbers, height: int = style.VIEW_HEIGHT) -> go.Fi
         marker=dict(size=5), customdata=[[a / (2 * math.pi), math.degrees(a % (2 * math.pi))] for a in angles],
         hovertemplate="pair %{x}: position × frequency = %{y:.4g} rad<br>= %{customdata[0]:.3g} turns: the pair "
                       "points at %{customdata[1]:.0f}°<extra></extra>"), row=2, col=1)
-    fig.add_hline(y=2 * math.pi, line=dict(color=style.SELECTED, dash="dot", width=1.5), row=2, col=1,
-                  annotation_text="one turn", annotation_position="top right", annotation_font_color=style.SELECTED)
+    fig.add_hline(y=2 * math.pi, line=dict(color=style.SELECTED, dash="dot", width=1.5), row=2, col=1)
+    # an annotation on a log axis is placed by the log of its coordinate (a shape by the coordinate itself)
+    fig.add_annotation(text="one turn", x=1, xref="x2 domain", y=math.log10(2 * math.pi), yref="y2", xanchor="right",
+                       yanchor="top", showarrow=False, font=dict(color=style.SELECTED))
     fig.update_yaxes(type="log", dtick=2, exponentformat="power", row=1, col=1, title_text="rad / token")
     turned = [a for a in angles if a > 0] or [1.0]
     fig.update_yaxes(type="log", dtick=2, exponentformat="power", row=2, col=1, title_text="rad",
@@ -243,7 +247,7 @@ def distance_figure(n: RopeNumbers, height: int = style.VIEW_HEIGHT) -> go.Figur
     fig.update_xaxes(type="log", exponentformat="SI", dtick=2 if n.context > 30000 else 1)
     fig.update_xaxes(title_text="distance Δ", title_standoff=2, row=2)
     fig.update_yaxes(range=[low - pad, high + pad])
-    fig.update_yaxes(title_text="q·k / |q||k|", col=1)
+    fig.update_yaxes(title_text="q·k / |q||k|", row=1, col=1)  # one title: two would overlap on short panels
     style.layout(fig, height=height)
     fig.update_layout(margin=dict(l=55, r=8, t=30, b=40))
     return fig
@@ -259,15 +263,15 @@ def explain_html(n: RopeNumbers, latent: bool = False) -> str:
         own_text += (f" (β_fast {own.beta_fast:g}, β_slow {own.beta_slow:g}; scores × "
                      f"{score_gain(own, latent):.3g})")
     sentences = {
-        "none": f"θ<sup>−2i/d</sup> as trained: past {trained} tokens the slow pairs reach angles never seen.",
-        "linear": f"every frequency ÷ {s:g}: {context} tokens turn as far as {trained} did, but neighbours look "
+        "none": f"as trained; past {trained} tokens the slow pairs reach angles never seen.",
+        "linear": f"every frequency ÷ {s:g}: {context} tokens turn as far as {trained} did; neighbours look "
                   f"{s:g}× closer.",
-        "ntk": f"base θ·{s:g}<sup>d/(d−2)</sup>: the fastest pair is kept, the slowest turns {s:g}× slower.",
+        "ntk": f"base θ·{s:g}<sup>d/(d−2)</sup>: the fastest pair kept, the slowest turns {s:g}× slower.",
         "yarn": f"pairs turning over {yarn.beta_fast:g} times in {trained} tokens kept, under {yarn.beta_slow:g} "
                 f"÷ {s:g}, a ramp between; scores × (0.1 ln {s:g} + 1)² = {score_gain(yarn):.3g}.",
     }
     items = "".join(f'<li><b style="color:{COLOURS[key]}">{NAMES[key]}</b>: {text}</li>'
                     for key, text in sentences.items())
     return (f'<div class="rope-explain"><div><b>{style.escape(n.name or "This model")}</b>: θ = {own.theta:,g}, '
-            f"{n.d_rot // 2} pairs, trained on {trained} tokens (dotted); own scaling (grey): {own_text}. "
+            f"{n.d_rot // 2} pairs, trained on {trained} (dotted); own scaling (grey): {own_text}. "
             f"Stretched ×{s:g} to {context} (dashed).</div><div>q·k: {n.source}.</div><ul>{items}</ul></div>")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from explorer.session import Session
-from explorer.ui.architecture_tab import CONFIG_FILE, KIMI, ArchitectureTab
+from explorer.ui.architecture_tab import CONFIG_FILE, KIMI, PRESENTATION_LESS, ROPE_HEIGHT, ArchitectureTab
 from explorer.views import style
 from explorer.views.rope import head_query_key, qk_by_distance
 from explorer.views.architecture import (LABELS, LEGEND, STAGES, architecture_html, group_title, human, layer_ranges,
@@ -240,6 +240,9 @@ def test_tab_shows_rope_for_the_loaded_model_kimi_and_a_chosen_context(tab):
     assert "×2 to 8,192" in words and s.arch_rope_factor == 2
     _show(tab, KIMI, view="RoPE", factor=3, s=s)  # not a choice of the menu: the model's own
     assert s.arch_rope_factor == 0
+    s.presentation = True  # the output strip above grows: the figures shrink to stay on the first screen
+    _, freqs, curves = rope_view(_show(tab, KIMI, view="RoPE", factor=2, s=s))
+    assert freqs.layout.height == curves.layout.height == ROPE_HEIGHT - PRESENTATION_LESS
     outputs = _show(tab, KIMI, view="Blocks", factor=2, s=s)
     assert outputs[0]["visible"] is True and outputs[4]["visible"] is False and "Kimi-K2" in outputs[1]
     assert all(o == gr.skip() for o in outputs[5:])

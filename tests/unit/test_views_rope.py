@@ -101,7 +101,7 @@ def test_kimi_k2s_own_yarn_keeps_the_pairs_that_turn_in_its_4096_positions():
 
 
 def test_the_core_knows_ntk_aware_scaling():
-    """model/layers.py's NTK-aware kind: base θ·s^(d/(d-2)), so pair 0 keeps its frequency and the last turns s× slower."""
+    """model/layers.py's NTK-aware kind: base θ·s^(d/(d-2)); pair 0 keeps its frequency, the last turns s× slower."""
     inv = rope_inv_freq(RopeConfig(theta=10000.0, kind="ntk", factor=4.0), 16).double()
     expected = torch.tensor(base_frequencies(10000.0 * 4.0 ** (16 / 14), 16), dtype=torch.float64)
     torch.testing.assert_close(inv, expected, rtol=1e-6, atol=0)
@@ -240,6 +240,8 @@ def test_figures_and_words():
         assert list(trace.y) == pytest.approx(n.inv_freq[key].tolist())
     assert list(freqs.data[5].y) == pytest.approx(n.angles.tolist())
     assert "Angle at position 300" in [a.text for a in freqs.layout.annotations]
+    turn = next(a for a in freqs.layout.annotations if a.text == "one turn")  # on the log axis: by its log
+    assert (turn.yref, turn.y) == ("y2", pytest.approx(math.log10(2 * math.pi)))
     assert len(curves.data) == 8  # four panels, each the model's own beside one scaling
     for i, key in enumerate(SCALINGS):
         assert list(curves.data[2 * i + 1].y) == pytest.approx(n.scores[key].tolist())
