@@ -1,6 +1,7 @@
 """Branching in Chromium at 1280x720: generate, open Next token, click a candidate the sampler cut at an earlier step;
 the text keeps what came before, continues from the forced token (marked) and the bar names the branch; one click
-back on the original gives the text exactly as it was, one more the branch again. No error toast, no traceback."""
+back on the original gives the text exactly as it was, one more the branch again; Stop ends a branch that would write
+on. No error toast, no traceback."""
 from __future__ import annotations
 
 from tests.e2e.test_lesson import PROJECTOR, no_errors_on_screen, open_projector, open_tab, set_number, wait_status
@@ -73,5 +74,34 @@ def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots):
     wait_for_status(page, "Showing", "branch 1")
     page.wait_for_function("() => !!document.querySelector('#output .tok.forced')")
     assert page.evaluate(TOKENS) == branch
+    no_errors_on_screen(page)
+    context.close()
+
+
+def test_stop_ends_a_branch_that_would_write_on(browser, app_url):
+    context, page = open_projector(browser, app_url, PROJECTOR)
+    page.fill("#prompt textarea", "Write a long story about a lighthouse keeper.")
+    set_number(page, "#max-new-tokens", 200)
+    page.locator("#stop-at-eos input").uncheck()  # nothing but the token limit or Stop ends it by itself
+    page.click("#generate")
+    page.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 6")
+    page.click("#stop")
+    wait_status(page, "Stopped")
+    open_tab(page, "Next token")
+    set_number(page, "#step-slider", 2)
+    position = page.evaluate(TOKENS)[1][0]
+    page.wait_for_function("(p) => document.querySelector('#next-token-bars .js-plotly-plot').layout.title.text"
+                           ".includes(`position ${p}`)", arg=position)
+    click_row(page, 5)  # the sixth most likely token there
+    wait_status(page, "Generating")
+    page.wait_for_function("(p) => document.querySelectorAll('#output .tok').length >= p + 4 - "
+                           "document.querySelector('#output .tok').dataset.pos", arg=position)
+    page.click("#stop")
+    wait_status(page, "Stopped")
+    kept = page.evaluate(TOKENS)
+    assert len(kept) < 200 and page.locator("#output .tok.forced").count() == 1
+    page.wait_for_timeout(1000)
+    assert page.evaluate(TOKENS) == kept  # nothing comes after Stop
+    assert not page.locator("#generate").is_disabled() and page.locator("#stop").is_disabled()
     no_errors_on_screen(page)
     context.close()
