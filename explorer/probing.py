@@ -16,9 +16,9 @@ from model import AttentionAblation, ExpertAblation, HeadAblation, Intervention,
 from model.config import ModelConfig
 from model.trace import Trace
 
-# rows x tokens x layers a patching task computes at most: one task stays short, so that other sessions' tokens
-# (each a task on the model thread) go between the tasks of a sweep
-TASK_TOKEN_LAYERS = 4096
+# rows x tokens x layers a patching task computes at most: about what one chunk of a context's trace computes (32
+# tokens through 30 layers, session.TRACE_CHUNK), so that other sessions' tokens go between the tasks of a sweep
+TASK_TOKEN_LAYERS = 1024
 # a sweep is n_layers x T runs of T tokens: at 32 tokens, 960 runs (minutes on a CPU; bench/probing.py measures)
 PATCH_MAX_TOKENS = 32
 MAX_INTERVENTIONS = 64  # in one request: more is no experiment anyone runs by hand
