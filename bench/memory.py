@@ -11,7 +11,7 @@ from gradio_client import Client
 
 from tests.e2e.conftest import HANG, start_app
 
-PROMPT = "The students read the chapter about attention, and then they wrote a long essay on it. " * 20  # ~340 tokens
+PROMPT = "The students read the chapter about attention, and then they wrote a long essay on it. " * 20  # ~360 tokens
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
@@ -67,8 +67,8 @@ def main() -> None:
         s = wait_for_expiry(url, args.sessions)
         time.sleep(2)
         end = rss_mib(proc.pid)
-        print(f"\n{args.sessions} sessions of ~{len(PROMPT) // 4} tokens in {took:.0f} s; cap {args.cap_mib} MiB, "
-              f"time to live {args.ttl:g} s")
+        print(f"\n{args.sessions} sessions ({len(PROMPT)} characters of prompt and 4 new tokens each) in {took:.0f} s; "
+              f"cap {args.cap_mib} MiB, time to live {args.ttl:g} s")
         print(f"RSS (MiB): start {start:.0f}  peak {rss_mib(proc.pid, 'VmHWM'):.0f}  after the sessions {after:.0f}  "
               f"after expiry {end:.0f}  (end - start: {end - start:+.0f})")
         print(f"registry: {s}")
