@@ -8,12 +8,15 @@ then runs the reference on the float32 weights (about 5x the bytes for a Q4_1 mo
 speed). `python -m model.kernels` builds the extension ahead of time (`make setup` does) and prints what it uses."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 SOURCE = Path(__file__).with_name("blockquant.cpp")
 _lock = threading.Lock()
@@ -38,14 +41,31 @@ def extension() -> ModuleType | None:
                 _put_ninja_on_path()
 
                 digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-                _module = load(f"explorer_blockquant_{digest}", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                               extra_ldflags=["-fopenmp"], verbose=False)
+                name = f"explorer_blockquant_{digest}"
+                with _building(name) as folder:
+                    _module = load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                                   extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
             except Exception as e:  # no compiler, no ninja, a read-only cache...: fall back to float32 weights
                 lines = str(e).strip().splitlines() or [""]
                 _error = f"{type(e).__name__}: " + next((ln for ln in lines if "error:" in ln), lines[-1])
                 warnings.warn(f"the block-quantized kernels could not be built ({_error}); decoding reads the "
                               "float32 weights instead (about a third of the speed)", RuntimeWarning, stacklevel=2)
     return _module
+
+
+@contextlib.contextmanager
+def _building(name: str) -> Iterator[Path]:
+    """The extension's build folder (torch's usual one), held under an OS file lock: the OS lets go of it when a
+    process dies, whereas the 'lock' file torch leaves behind a build killed midway (Ctrl+C at a first start) would
+    make every later start wait for it forever. Whoever holds our lock is the only one building, so such a file is
+    stale, and goes."""
+    from torch.utils.cpp_extension import _get_build_directory  # per Python and torch build, as load() picks it
+
+    folder = Path(_get_build_directory(name, verbose=False))
+    with open(folder / "explorer.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process building waits here, and only as long as it lives
+        (folder / "lock").unlink(missing_ok=True)
+        yield folder
 
 
 def _put_ninja_on_path() -> None:

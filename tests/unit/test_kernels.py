@@ -4,6 +4,8 @@ instruction-set path, the embedded model really decodes through them, and turnin
 whole bf16 checkpoint: tests/model/test_bf16.py.)"""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import numpy as np
 import pytest
@@ -189,3 +191,16 @@ def test_models_without_blocks_never_build_the_kernels(monkeypatch):
     lm = load_model("random:deepseek-v3-mini")
     assert not lm.fast_paths and not packed_matrices(lm.decoder)
     assert len(list(lm.generate("Hi", max_new_tokens=3, greedy=True, record=True))) == 3
+
+
+def test_a_build_killed_midway_does_not_hang_the_next_start(tmp_path, monkeypatch):
+    """torch waits forever for the 'lock' file a killed build leaves; the kernels' own OS lock (released when a
+    process dies) makes such a file stale, and it goes before torch looks. The folder is torch's own."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = Path(_get_build_directory("explorer_blockquant_test", verbose=False))
+    (folder / "lock").touch()  # what a build killed midway leaves behind
+    with kernels._building("explorer_blockquant_test") as building:  # noqa: SLF001
+        assert building == folder
+        assert not (folder / "lock").exists()
