@@ -64,7 +64,7 @@ class Lessons:
         """The menu, for the title line (hidden when no lesson fits the loaded model)."""
         choices = [("Lessons…", NONE)] + [(lesson.label, name) for name, lesson in self.lessons.items()]
         self.picker = gr.Dropdown(choices, value=NONE, show_label=False, container=False, elem_id="lessons",
-                                  scale=0, min_width=230, interactive=True, visible=bool(self.lessons))
+                                  scale=0, min_width=210, interactive=True, visible=bool(self.lessons))
         return self.picker
 
     def panel(self) -> None:

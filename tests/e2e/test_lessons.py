@@ -100,12 +100,20 @@ def test_every_lesson_plays_through(browser, app_url, screenshots):
     context.close()
 
 
-def test_a_step_over_another_run_says_so_and_close_hides_the_panel(browser, app_url):
+def test_presentation_mode_a_step_over_another_run_and_close(browser, app_url, screenshots):
     context, page = open_projector(browser, app_url)
     lesson = LESSONS[0]
     pick(page, lesson.label)
     panel_at(page, lesson, 0)
     wait_status(page, "Done")
+    # presentation mode: the larger type keeps the panel, the title line and the view on the first screen
+    page.locator("#presentation input").check()
+    page.wait_for_function("() => document.querySelector('#token-chips .tokchips') &&"
+                           " parseFloat(getComputedStyle(document.querySelector('#lesson-panel .lesson-text')).fontSize) > 16")
+    lands(page, lesson.views()[0])
+    inside_first_screen(page, "#lessons")
+    page.screenshot(path=str(screenshots / "lessons-presentation.png"))
+    page.locator("#presentation input").uncheck()
     page.fill("#prompt textarea", "Something else entirely")
     page.click("#generate")
     wait_status(page, "Done")

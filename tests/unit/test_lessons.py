@@ -117,3 +117,20 @@ def test_the_panel_escapes_the_text_and_counts_steps():
     panel = step_html(lesson, 0)
     assert "<b>bold</b>" in panel and "<script>" not in panel and "&lt;script&gt;" in panel and "<i>" not in panel
     assert '<span class="lesson-count">1 / 2</span>' in panel
+
+
+def test_the_menu_lists_the_lessons_written_for_the_loaded_model_that_fit_it(embedded, caplog):
+    from types import SimpleNamespace
+
+    from explorer.ui.lessons import lessons_for
+
+    cfg, tokenizer = embedded
+    stub = lambda name: SimpleNamespace(name=name, config=cfg, prompt_ids=lambda prompt, chat=False: (  # noqa: E731
+        tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": prompt}]), False) if chat
+        else tokenizer.encode(prompt)))
+    lessons = load_lessons()
+    assert lessons_for(stub("SmolLM2-135M-Instruct"), lessons) == lessons
+    assert lessons_for(stub("deepseek-v3-mini"), lessons) == []  # their texts describe another model
+    too_deep = parse_lesson(broken(lambda d: d["steps"][0].update(layer=40, text="Deep.")), "09-x")
+    assert lessons_for(stub("SmolLM2-135M-Instruct"), [too_deep, lessons[0]]) == [lessons[0]]
+    assert "Lesson left out: Lesson 09-x: step 1: layer 40 of a model with 30 layers" in caplog.text
