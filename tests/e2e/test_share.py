@@ -72,7 +72,7 @@ def no_errors(page) -> None:
     assert not page.js_errors, page.js_errors
 
 
-def test_a_link_runs_as_generate_opens_its_view_and_a_reload_keeps_it(browser, app_url, generated):
+def test_a_link_runs_as_generate_opens_its_view_and_a_reload_keeps_it(browser, app_url, generated, screenshots):
     token = generated["n_prompt"] + 4
     context, page = open_projector(browser, app_url + link(**SETTINGS, **VIEW, token=token, run=True))
     context.grant_permissions(["clipboard-read", "clipboard-write"])
@@ -82,6 +82,7 @@ def test_a_link_runs_as_generate_opens_its_view_and_a_reload_keeps_it(browser, a
     assert (shown["tab"], shown["layer"], shown["head"], shown["token"]) == ("Attention", "5", "3", str(token))
     assert page.input_value("#prompt textarea") == SETTINGS["prompt"]
     assert page.input_value("#seed input") == "7" and page.input_value("#temperature input[type=number]") == "0.9"
+    page.screenshot(path=str(screenshots / "share-link.png"))
     no_errors(page)
 
     # the query follows the page: another token selected, then a reload opens the same run on it
@@ -208,8 +209,8 @@ def test_the_report_opens_from_disk_offline_with_its_figures(browser, exported):
     figures = page.locator(".figure").count()
     assert figures >= 8  # every tab's figures: tokens, embeddings, attention, next token, logit lens, architecture
     page.wait_for_function("(n) => document.querySelectorAll('.figure .main-svg').length >= n", arg=figures)
-    assert [h.inner_text() for h in page.locator("h2").all()] == ["Tokens", "Embeddings", "Attention", "Next token",
-                                                                  "Logit lens", "Architecture"]
+    headings = [h.inner_text() for h in page.locator("h2").all()]  # every tab of the page, in its order
+    assert headings[:6] == ["Tokens", "Embeddings", "Attention", "Next token", "Logit lens", "Architecture"], headings
     assert page.locator("section.text .tok").count() == 12 and page.locator(".tokchips").count() == 1
     assert page.locator(".tok.sel").first.get_attribute("data-pos") == str(exported["token"])
     titles = page.evaluate("() => [...document.querySelectorAll('.figure')].map(f => f.layout.title.text || '')")
