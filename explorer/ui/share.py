@@ -39,6 +39,21 @@ def plotly_js() -> str:
     return get_plotlyjs()  # the plotly package's own plotly.min.js: the report needs no network
 
 
+
+def export_refusal(s: Session) -> str | None:
+    """Why this session cannot be exported now (a sentence), or None. A version-1 session file holds the original run
+    only: a branch or an ablated run would replay as another text and be refused when opened, so it is not written."""
+    if s.generating or not s.steps:
+        why = "wait until the generation ends" if s.generating else "generate some text first"
+        return f"Nothing to export yet: {why}."
+    if s.context_interventions:
+        return ("Session files do not hold ablations yet: this text was written with one. Generate it again without "
+                "the ablation (Probe tab) to export it.")
+    if s.tree.current != 0:
+        return ("Session files hold the original run, not yet its branches: switch to the original (the bar above "
+                "the text) to export it.")
+    return None
+
 class Share:
     """Built in three places of the page (link_button in the title line, panel in the controls, wire at the end)."""
 
@@ -104,15 +119,16 @@ class Share:
                               js="(text, s) => [window.explorerShare.viewRequest(), s]")
 
         def on_export(s: Session) -> dict:
-            if s.generating or not s.steps:
-                why = "wait until the generation ends" if s.generating else "generate some text first"
-                return {self.message: f"Nothing to export yet: {why}.", self.files: gr.File(visible=False)}
+            if why := export_refusal(s):
+                return {self.message: why, self.files: gr.File(visible=False)}
             drawing()  # the report draws every tab here; what it recomputes with the model runs on the model thread
             with s.drawing:
                 paths = self.write_files(s, tabs, render_output)
             return {self.files: gr.File(value=[str(p) for p in paths], visible=True),
                     self.message: f"{len(s.steps)} tokens exported: the session file opens here again (and replays "
-                                  "exactly), the CSV in a spreadsheet, the report in any browser, offline."}
+                                  "exactly), the CSV in a spreadsheet, the report in any browser, offline."
+                                  + (f" Its {len(s.tree) - 1} branch(es) are not in the file: session files do not "
+                                     "hold branches yet." if len(s.tree) > 1 else "")}
 
         self.export.click(on_export, [state], [self.files, self.message], api_visibility="private")
 

@@ -195,3 +195,20 @@ def test_the_forced_step_shows_its_steps_distribution_with_the_forced_and_the_dr
     assert outlined == [CANDIDATES.index(10)]
     summary = sampler_summary_html(s.steps[2], 0.8, 2, 1.0, False, tok)
     assert "Forced" in summary and "had cut it" in summary and style.token_label(tok.decode([8]), 24) in summary
+
+
+def test_a_branch_or_an_ablated_run_is_not_exported_as_if_it_were_the_original(session):
+    """A version-1 session file holds the original run only: written from a branch or an ablated run it would be
+    refused when opened (the replay writes another text), so export says why instead."""
+    from explorer.ui.share import export_refusal
+    from model import HeadAblation
+
+    s = session
+    assert export_refusal(s) is None
+    s.fork(N_PROMPT + 2, 10, "<10>")
+    s.generating = False
+    assert "branches" in export_refusal(s)
+    s.switch_branch(0)
+    assert export_refusal(s) is None  # the original, whose branches the message then says are not saved
+    s.context_interventions = (HeadAblation(0, 0),)
+    assert "ablation" in export_refusal(s)
