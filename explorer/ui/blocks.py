@@ -279,7 +279,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             # the views are redrawn after (a slow redraw must not land after a new generation has begun)
             return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
 
-        stop.click(on_stop, [state], [output, status, refresher, generate, stop], cancels=[gen_event, branch_event],
+        # a branch's continuation ends at its next token by the session's stop check (it then says "Stopped ... ·
+        # branch n"); cancelling its event as well, when it was never run, leaves Gradio's "Error" on the status line
+        stop.click(on_stop, [state], [output, status, refresher, generate, stop], cancels=[gen_event],
                    api_visibility="private", show_progress="hidden", queue=False).then(
             after_generation, [state], tab_outputs + [generate, stop], api_visibility="private", show_progress="hidden")
 
