@@ -15,9 +15,9 @@ from gradio_client import Client
 from tests.e2e.conftest import HANG, RUNNING, running_app, server_log
 
 SECRET = "my-secret-prompt-5b1e"  # a prompt that no log line and no foreign error may show
-#            prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat, stop_at_eos
+#            prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat, stop_at_eos, interventions
 GOOD = dict(prompt="Hi", max_new_tokens=2, temperature=0.8, top_k=50, top_p=0.95, seed=0, greedy=True, chat=False,
-            stop_at_eos=True)
+            stop_at_eos=True, interventions="")
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_too_few_values_are_refused_without_showing_them(app):
     url, proc = app
     log = LogWatch(proc)
     event, data = call(url, [SECRET, 2])
-    assert event == "error" and json.loads(data)["error"] == "This endpoint takes 9 values; 2 were sent."
+    assert event == "error" and json.loads(data)["error"] == "This endpoint takes 10 values; 2 were sent."
     assert SECRET not in log.new() and "Received inputs" not in log.new() and "Traceback" not in log.new()
 
 

@@ -55,14 +55,14 @@ def raw_call(url: str, data: list) -> str:
 
 
 def test_lone_surrogates_through_the_api_get_a_clear_message(small_app, client):
-    stream = raw_call(small_app, ["\ud800 lone \udfff surrogates", 4, 0.8, 50, 0.95, 0, True, False, True])
+    stream = raw_call(small_app, ["\ud800 lone \udfff surrogates", 4, 0.8, 50, 0.95, 0, True, False, True, ""])
     assert "event: error" in stream and "not valid Unicode" in stream, stream
     assert generate(client, prompt="Hello")["tokens"]
 
 
 @pytest.mark.parametrize("temperature", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_through_the_api_are_refused(small_app, client, temperature):
-    body = json.dumps({"data": ["Hi", 4, 0.0, 50, 0.95, 0, False, False, True]}).replace("0.0", temperature, 1)
+    body = json.dumps({"data": ["Hi", 4, 0.0, 50, 0.95, 0, False, False, True, ""]}).replace("0.0", temperature, 1)
     request = urllib.request.Request(small_app + "gradio_api/call/generate", body.encode(),
                                      {"Content-Type": "application/json"})
     try:
