@@ -57,8 +57,9 @@ def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots):
     assert [p for p, _ in branch] == list(range(original[0][0], original[0][0] + len(branch)))
     assert page.inner_text("#output .tokout") != original_text
     assert "Branch 1 of 1: forced" in page.inner_text("#branch-bar")
-    assert "forced (a cut token)" in page.evaluate(
-        "() => document.querySelector('#next-token-bars .js-plotly-plot').layout.title.text")
+    # the open tab is redrawn after the status says Done (after_generation): wait for it
+    page.wait_for_function("() => document.querySelector('#next-token-bars .js-plotly-plot').layout.title.text"
+                           ".includes('forced (a cut token)')")
     shot("branch")
 
     # one click back to the original: the text exactly as it was, nothing marked; one more to the branch again
