@@ -153,6 +153,7 @@ def import_file(page, path: Path) -> str:
     """Open a session file from the panel, as a user picks it; the panel's message once it has answered."""
     if not page.locator("#import").is_visible():
         page.click("#share-panel .label-wrap")
+    page.wait_for_selector("#share-message", state="attached")  # the opened panel renders its parts a moment later
     page.evaluate("() => { const m = document.querySelector('#share-message'); m.dataset.before = m.innerText; }")
     with page.expect_file_chooser() as chooser:
         page.click("#import")
