@@ -8,12 +8,12 @@ position, as the Probe tab and /patching compute it).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from typing import Callable
 
 import torch
 
+from bench.core import median_time
 from explorer.probing import ablate, patched_logprobs, patching_sweep
 from model import HeadAblation, load_model
 
@@ -25,12 +25,7 @@ PAIR = ("The Eiffel Tower is in the city of", "The Colosseum is in the city of")
 def timed(fn: Callable[[], object], repeats: int) -> float:
     """The median of `repeats` runs, in seconds, after one warm-up run."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(fn, repeats)
 
 
 def main() -> None:
