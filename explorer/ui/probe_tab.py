@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import gradio as gr
+import numpy as np
 
 from explorer.model_thread import MODEL_THREAD, drawing
 from explorer.probing import (PATCH_MAX_TOKENS, PatchingMap, ablate, describe, lens_probs, patched_logprobs,
@@ -17,18 +18,21 @@ from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder, presentation_fonts
 from explorer.views import style
 from explorer.views.probing import (ablation_figure, ablation_summary_html, attention_difference_figure,
-                                    distributions_figure, lens_comparison_figure, patching_figure, tokens_html)
+                                    distributions_figure, lens_comparison_figure, patching_figure, picker_figure,
+                                    tokens_html)
 from model import (AttentionAblation, ExpertAblation, HeadAblation, Interventions, LanguageModel, MLPAblation,
                    Trace)
 
 KINDS = ["Head", "Expert", "Attention output", "MLP output"]
 COMPARE_MAX_TOKENS = 256
 PLOT_HEIGHT = 380  # under a row of controls, within the tab at 1280x720
+PARTS = ("attention", "MLP")  # the columns of the picker for whole attention or MLP outputs
 PROGRESS_SECONDS = 0.7  # the patching map is redrawn at most this often while it fills
 EXPLAIN = ("**Ablation** removes one part of the computation: a head's output (zeroed before the output projection), "
            "an expert (the router picks among the others), or a whole layer's attention or MLP output. The bars show "
            "the next-token distribution after the selected token, as the model computed it and without that part. "
-           "**KL** measures how far the distribution moved. Tick the box to generate with the ablation on.")
+           "**KL** measures how far the distribution moved. Pick with the controls and Add, or click a cell of the grid "
+           "(a second click restores it). Tick the box to generate with the ablation on.")
 PATCH_EXPLAIN = ("**Activation patching** (causal tracing, Meng et al. 2022): run prompt B, but at one block and one "
                  "position put A's residual stream in place of B's, and see how much of A's answer comes back at "
                  "B's last position. Bright cells carry what makes A's answer differ from B's. Both prompts must "
@@ -47,6 +51,8 @@ class ProbeState:
     patch_run: int = 0  # a new patching run ends the one before
     cell: tuple[int, int] | None = None
     pick: str = ""
+    kind: str = "Head"  # what the ablation picker shows
+    ablate_pick: str = ""  # the last click on the picker (the same click twice is one)
 
 
 def probe_state(s: Session) -> ProbeState:
@@ -70,12 +76,19 @@ class ProbeTab:
         heads = [str(h) for h in range(cfg.n_heads)]
         with gr.Tabs(elem_id="probe-views"):
             with gr.Tab("Ablate", elem_id="probe-ablate-tab"):
+                # the bars and the grid to pick from side by side (a click there, the bars change beside it), the
+                # numbers and the controls under them
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=6, min_width=360):
+                    with gr.Column(scale=5, min_width=360):
                         self.bars = gr.Plot(placeholder(EMPTY_HINT, style.VIEW_HEIGHT), elem_id="probe-ablation",
                                             show_label=False)
                     with gr.Column(scale=4, min_width=300):
+                        self.picker = gr.Plot(placeholder(EMPTY_HINT, style.VIEW_HEIGHT), elem_id="probe-pick-map",
+                                              show_label=False)
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=5, min_width=360):
                         self.summary = gr.HTML(elem_id="probe-summary")
+                    with gr.Column(scale=4, min_width=300):
                         self.kind = gr.Radio(kinds, value="Head", label="Ablate", elem_id="probe-kind")
                         with gr.Row():
                             self.layer = gr.Number(0, precision=0, minimum=0, maximum=cfg.n_layers - 1,
@@ -93,6 +106,8 @@ class ProbeTab:
                         self.generate_with = gr.Checkbox(label="Generate with the ablation on", value=False,
                                                          elem_id="probe-generate-with")
                 gr.Markdown(EXPLAIN)
+                # written by assets/probe.js on a click on the picker: "<head|expert|part>:<layer>:<column>:<nonce>"
+                self.ablate_pick = gr.Textbox(visible="hidden", elem_id="probe-ablate-pick", show_label=False)
             with gr.Tab("Compare", elem_id="probe-compare-tab"):
                 with gr.Row(equal_height=True):
                     self.compare_a = gr.Textbox(COMPARE_DEFAULTS[0], label="Prompt A", elem_id="probe-compare-a",
@@ -138,7 +153,7 @@ class ProbeTab:
                 gr.Markdown(PATCH_EXPLAIN)
                 # written by assets/probe.js on a click on the map: "cell:<layer>:<position>:<nonce>"
                 self.patch_pick = gr.Textbox(visible="hidden", elem_id="probe-patch-pick", show_label=False)
-        self.outputs = [self.bars, self.summary, self.layer, self.head]
+        self.outputs = [self.bars, self.summary, self.layer, self.head, self.picker]
         self.controls = [self.kind, self.layer, self.head, self.expert, self.generate_with]
 
     # ablation: drawn for the session's context at its selected token, like every tab
@@ -149,6 +164,8 @@ class ProbeTab:
         if head is not None and str(head).isdigit():
             s.head = int(head)
         s.probe_generate = bool(generate_with)
+        if kind in KINDS:
+            probe_state(s).kind = kind
 
     def picked(self, kind: str, layer: Any, head: Any, expert: Any) -> Any:
         """The ablation the controls describe, or a sentence saying why there is none."""
@@ -172,7 +189,8 @@ class ProbeTab:
             listed = sentence(problem) if problem else ""
             if items:
                 listed += f"<p><b>Chosen:</b> {style.escape(describe(items))}.</p>"
-            return [placeholder(EMPTY_HINT, style.VIEW_HEIGHT), listed, *controls]
+            return [placeholder(EMPTY_HINT, style.VIEW_HEIGHT), listed, *controls,
+                    placeholder(EMPTY_HINT, style.VIEW_HEIGHT)]
         position = s.position(trace)
         result = s.cached(("probe-ablation", len(trace), position, items),
                           lambda: MODEL_THREAD.run(ablate, trace.trace, position, items))
@@ -184,7 +202,50 @@ class ProbeTab:
         if s.probe_generate and items:
             summary += "<p class=\"probe-on\">The next generation runs with this ablation.</p>"
         return [ablation_figure(result, tok, description), (sentence(problem) if problem else "") + summary,
-                *controls]
+                *controls, presentation_fonts(self.picker_view(s, trace, position), s.presentation)]
+
+    def picker_view(self, s: Session, trace: Any, position: int) -> Any:
+        """The grid the kind of ablation picks from: layers x heads, layers x experts (coloured by the router's
+        weights at the selected token: the experts it chose there), or layers x (attention, MLP)."""
+        cfg, items = self.lm.config, s.probe_ablations
+        kind = probe_state(s).kind
+        if kind == "Expert" and self.moe_layers:
+            n_experts = cfg.moe.n_routed_experts
+            weights = np.full((len(self.moe_layers), n_experts), np.nan, dtype=np.float32)
+            for row in range(len(self.moe_layers)):
+                chosen_experts = trace.experts[row, position].tolist()
+                weights[row, chosen_experts] = trace.expert_weights[row, position].float().numpy()
+            chosen = {(i.layer, i.expert) for i in items if isinstance(i, ExpertAblation)}
+            return picker_figure(self.moe_layers, [str(e) for e in range(n_experts)], chosen,
+                                 f"Click an expert to ablate it<br><sup>colour: its weight for token {position} "
+                                 "(blank: not chosen there)</sup>", "expert", weights, "weight", style.VIEW_HEIGHT)
+        layers = list(range(cfg.n_layers))
+        if kind in ("Attention output", "MLP output"):
+            chosen = {(i.layer, 0 if isinstance(i, AttentionAblation) else 1) for i in items
+                      if isinstance(i, (AttentionAblation, MLPAblation))}
+            return picker_figure(layers, PARTS, chosen, "Click a layer's attention or MLP to ablate it", "part",
+                                 height=style.VIEW_HEIGHT)
+        chosen = {(i.layer, i.head) for i in items if isinstance(i, HeadAblation)}
+        return picker_figure(layers, [str(h) for h in range(cfg.n_heads)], chosen,
+                             "Click a head to ablate it<br><sup>click it again to restore it</sup>", "head",
+                             height=style.VIEW_HEIGHT)
+
+    def clicked(self, pick: str) -> Any:
+        """The ablation a click on the picker names (\"head:3:5:<nonce>\"), or None for a click that names none."""
+        parts = (pick or "").split(":")
+        if len(parts) < 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            return None
+        what, layer, column = parts[0], int(parts[1]), int(parts[2])
+        cfg = self.lm.config
+        if not 0 <= layer < cfg.n_layers:
+            return None
+        if what == "head" and column < cfg.n_heads:
+            return HeadAblation(layer, column)
+        if what == "expert" and layer in self.moe_layers and column < cfg.moe.n_routed_experts:
+            return ExpertAblation(layer, column)
+        if what == "part" and column < len(PARTS):
+            return (AttentionAblation, MLPAblation)[column](layer)
+        return None
 
     def wire(self, state: gr.State, render_tab: Callable[..., dict]) -> None:
         """The tab's buttons and the Compare and Patch views, which run on their own prompts."""
@@ -194,6 +255,25 @@ class ProbeTab:
             item = self.picked(kind, layer, head, expert)
             if isinstance(item, str):
                 return self._rendered(s, render_tab, item)
+            return on_add_item(item, s)
+
+        def on_clear(s: Session) -> dict:
+            s.probe_ablations = ()
+            return render_tab(s, self)
+
+        def on_pick(pick: str, s: Session) -> dict:
+            """A click on the picker: that head, expert or part ablated, or restored if it was."""
+            state = probe_state(s)
+            item = self.clicked(pick)
+            if item is None or pick == state.ablate_pick:
+                return {output: gr.skip() for output in self.outputs}
+            state.ablate_pick = pick
+            if item in s.probe_ablations:
+                s.probe_ablations = tuple(i for i in s.probe_ablations if i != item)
+                return render_tab(s, self)
+            return on_add_item(item, s)
+
+        def on_add_item(item: Any, s: Session) -> dict:
             try:
                 Interventions.of([*s.probe_ablations, item], self.lm.config)
             except ValueError as e:
@@ -202,13 +282,11 @@ class ProbeTab:
                 s.probe_ablations = (*s.probe_ablations, item)
             return render_tab(s, self)
 
-        def on_clear(s: Session) -> dict:
-            s.probe_ablations = ()
-            return render_tab(s, self)
-
         on_views = dict(api_visibility="private", show_progress="minimal", show_progress_on=[self.bars])
         self.add.click(on_add, [*picker, state], self.outputs, **on_views)
         self.clear.click(on_clear, [state], self.outputs, **on_views)
+        self.ablate_pick.input(on_pick, [self.ablate_pick, state], self.outputs, api_visibility="private",
+                               show_progress="minimal", trigger_mode="always_last")
 
         compare_outputs = [self.compare_tokens, self.compare_bars, self.compare_lens, self.attn_diff]
         self.compare_button.click(self.on_compare, [self.compare_a, self.compare_b, self.attn_layer, self.attn_head,

@@ -58,13 +58,14 @@ def distributions_figure(series: Sequence[tuple[str, torch.Tensor]], tokenizer: 
 def ablation_figure(result: Ablation, tokenizer: Tokenizer, description: str) -> go.Figure:
     return distributions_figure([("before", result.before), ("after", result.after)], tokenizer,
                                 f"Next token after position {result.position}: before and after",
-                                style.escape(description))
+                                style.escape(description) + (f" · KL = {result.kl:.4f} nats" if result.interventions
+                                                             else ""))
 
 
 def ablation_summary_html(result: Ablation, tokenizer: Tokenizer, description: str) -> str:
     """KL divergence and what became of the original top token, in two sentences."""
     if not result.interventions:
-        return "<p>Nothing is ablated yet: pick a head, an expert or a layer's attention or MLP and press Add.</p>"
+        return "<p>Nothing is ablated yet: pick a head, an expert or a layer's attention or MLP and press Add, or click it in the grid.</p>"
     top = style.escape(token_text(tokenizer, result.top_id))
     before = float(result.before[result.top_id].exp())
     return (f"<p><b>{style.escape(description[:1].upper() + description[1:])}</b>.</p>"
@@ -173,6 +174,47 @@ def attention_difference_figure(diff: torch.Tensor, ids_a: Sequence[int], ids_b:
     fig.update_yaxes(autorange="reversed", title_text="query (row) · key (column)", **axis)
     style.layout(fig, f"Attention of layer {layer}, head {head}: A minus B", height=height)
     fig.update_layout(margin=dict(l=90, r=10, t=50, b=90))
+    return fig
+
+
+def picker_figure(rows: Sequence[int], columns: Sequence[str], chosen: set[tuple[int, int]], title: str,
+                  what: str, values: np.ndarray | None = None, value_name: str = "",
+                  height: int = style.VIEW_HEIGHT) -> go.Figure:
+    """A layers (rows, the first at the bottom) x columns (heads, experts, or attention / MLP) grid to pick what to
+    ablate with a click (assets/probe.js): the chosen cells are crossed out in red. values, when given ([rows,
+    columns], NaN where there is nothing), colour the cells (the experts' router weights at the selected token);
+    without them every cell is a plain tile. `what` names the cells' kind in the click ("head", "expert", "part")."""
+    z = values if values is not None else np.zeros((len(rows), len(columns)), dtype=np.float32)
+    shown = np.nan_to_num(z, nan=0.0)
+    custom = [[[layer, c, f"{value_name} {v:.3f}" if values is not None and v == v else ""]
+               for c, v in enumerate(row)] for layer, row in zip(rows, z.tolist())]
+    on = "chosen: click to restore it"
+    custom = [[[*cell, on if (cell[0], cell[1]) in chosen else "click to ablate it"] for cell in row]
+              for row in custom]
+    colours = (style.SEQUENTIAL if values is not None else [[0, "#E8EEF5"], [1, "#E8EEF5"]])
+    fig = go.Figure(go.Heatmap(
+        z=shown, x=list(range(len(columns))), y=list(range(len(rows))), customdata=custom, meta=f"pick-{what}",
+        colorscale=colours, zmin=0, zmax=max(float(shown.max()), 1e-6) if values is not None else 1,
+        showscale=values is not None, xgap=2, ygap=2,
+        colorbar=dict(title=dict(text=value_name, side="right"), thickness=10),
+        hovertemplate="layer %{customdata[0]}, " + f"{what} " + "%{x}: %{customdata[3]}<br>%{customdata[2]}"
+                      "<extra></extra>" if what != "part" else
+                      "layer %{customdata[0]}: %{customdata[3]}<extra></extra>"))
+    picked = [(r, c) for r, layer in enumerate(rows) for c in range(len(columns)) if (layer, c) in chosen]
+    if picked:
+        fig.add_trace(go.Scatter(
+            x=[c for _, c in picked], y=[r for r, _ in picked], mode="markers", meta=f"pick-{what}",
+            customdata=[[rows[r], c] for r, c in picked], marker=dict(symbol="x", size=12, color=style.SELECTED,
+                                                                         line=dict(width=1, color="white")),
+            hovertemplate="layer %{customdata[0]}: ablated, click to restore it<extra></extra>", showlegend=False))
+    ticks = style.thin_ticks(len(columns), 16)
+    fig.update_xaxes(tickvals=ticks, ticktext=[columns[t] for t in ticks], showgrid=False, zeroline=False,
+                     range=[-0.5, len(columns) - 0.5], title_text=what if what != "part" else None)
+    ticks = style.thin_ticks(len(rows), 12)
+    fig.update_yaxes(tickvals=ticks, ticktext=[f"L{rows[t]}" for t in ticks], showgrid=False, zeroline=False,
+                     range=[-0.5, len(rows) - 0.5])
+    style.layout(fig, title, height=height)
+    fig.update_layout(margin=dict(l=50, r=10, t=70, b=50), clickmode="event")
     return fig
 
 

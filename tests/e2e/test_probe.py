@@ -30,6 +30,24 @@ def click_cell(page, layer: int, position: int) -> None:
     page.mouse.click(x, y)
 
 
+def click_picker(page, layer_row: int, column: int) -> None:
+    """A real mouse click on the ablation picker's cell (row index, column index)."""
+    page.locator("#probe-pick-map").scroll_into_view_if_needed()
+    x, y = page.evaluate("""([row, column]) => {
+        const el = document.querySelector('#probe-pick-map .js-plotly-plot');
+        const xa = el._fullLayout.xaxis, ya = el._fullLayout.yaxis, box = el.getBoundingClientRect();
+        return [box.left + xa._offset + xa.l2p(column), box.top + ya._offset + ya.l2p(row)];
+    }""", [layer_row, column])
+    page.mouse.click(x, y)
+
+
+def crossed(page) -> list[list[int]]:
+    """The picker's crossed-out cells, as [layer, column]."""
+    return page.evaluate("() => { const el = document.querySelector('#probe-pick-map .js-plotly-plot');"
+                         " const marks = el._fullData.find(t => t.type === 'scatter');"
+                         " return marks ? Array.from(marks.customdata) : []; }")
+
+
 def test_ablation_and_patching_in_the_probe_tab(browser, app_url, screenshots):
     context, page = open_page(browser, app_url, PROJECTOR)
     page.evaluate(HELPERS)
@@ -51,6 +69,25 @@ def test_ablation_and_patching_in_the_probe_tab(browser, app_url, screenshots):
     shown = bars(page, "#probe-ablation")
     assert set(shown) == {"before", "after"} and shown["before"] != shown["after"]
     page.screenshot(path=str(screenshots / "probe-ablation.png"))
+
+    # a click on the picker's grid ablates that head too; a second click restores it
+    page.wait_for_function(HAS_DATA, arg="#probe-pick-map")
+    assert crossed(page) == [[0, 4]]
+    click_picker(page, 7, 2)
+    page.wait_for_function("() => document.querySelector('#probe-summary').innerText.includes('head 2 of layer 7')")
+    assert sorted(crossed(page)) == [[0, 4], [7, 2]]
+    click_picker(page, 7, 2)
+    page.wait_for_function("() => !document.querySelector('#probe-summary').innerText.includes('head 2 of layer 7')")
+    assert crossed(page) == [[0, 4]]
+    # whole parts: the grid becomes layers x (attention, MLP)
+    page.get_by_role("radio", name="MLP output").check()
+    page.wait_for_function("() => document.querySelector('#probe-pick-map .js-plotly-plot')._fullData[0].x.length"
+                           " === 2")
+    click_picker(page, 3, 1)
+    page.wait_for_function("() => document.querySelector('#probe-summary').innerText.includes('MLP of layer 3')")
+    click_picker(page, 3, 1)
+    page.wait_for_function("() => !document.querySelector('#probe-summary').innerText.includes('MLP of layer 3')")
+    page.get_by_role("radio", name="Head").check()
 
     # generate with it on: marked in the status and above the text; off again: gone
     page.locator("#probe-generate-with input").check()
