@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Iterator
 
+from explorer.batching import BATCHER
 from explorer.model_thread import MODEL_THREAD
 from model import LanguageModel
 
@@ -52,61 +53,80 @@ ACTIVE = ActiveGenerations()
 
 class Generation:
     """One request's generation, advanced a token at a time on the model thread, so that the model never waits for
-    the web server (Gradio pauses a streaming handler while it sends each update) and concurrent generations take
-    turns. Readers follow the steps at their own pace; finish_reason says why it ended (a key of FINISH_REASONS,
-    None while it runs)."""
+    the web server (Gradio pauses a streaming handler while it sends each update). Every running generation advances
+    in the same steps, one forward pass for all (explorer/batching.py), with its own sampler, seed and recording.
+    Readers follow the steps at their own pace; finish_reason says why it ended (a key of FINISH_REASONS, None while
+    it runs)."""
 
     def __init__(self, lm: LanguageModel, ids: list[int], settings: dict[str, Any], time_limit: float,
                  record: bool = False, should_stop: Callable[[], bool] = lambda: False,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         """settings: keyword arguments of LanguageModel.generate (max_new_tokens, temperature, ..., stop_at_eos);
-        time_limit: seconds from now after which no new token starts; clock and sleep: tests pass a fake clock."""
+        time_limit: seconds from now after which no new token starts; clock and sleep: tests pass a fake clock. A
+        model without `decoding` (a stand-in with only `generate`) advances alone, a token a step."""
         self.steps: list[Any] = []
         self.error: BaseException | None = None
         self.finish_reason: str | None = None
         self.context_trace: Any = None  # recorded runs that ended by themselves: the whole context's Trace
+        self.ended = False  # set on the model thread as it ends (finish_reason follows, under _news)
         self._stop = threading.Event()
         self._news = threading.Condition()
         self._should_stop = should_stop
         self._clock, self._sleep = clock, sleep
         self._deadline = clock() + time_limit
-        # a generator object: nothing runs until the model thread asks for the first token
-        self._tokens = lm.generate(ids, record=record, **settings)
+        # nothing runs until the model thread's next step
+        self.decoding = lm.decoding(ids, record=record, **settings) if hasattr(lm, "decoding") else None
+        self._tokens = None if self.decoding is not None else lm.generate(ids, record=record, **settings)
         ACTIVE.enter()  # counted from now until the last token, so /stats never misses a queued one
-        MODEL_THREAD.submit(self._advance)
+        BATCHER.add(self)
 
-    def _advance(self) -> None:
-        """One token, then back of the model thread's queue for the next (other sessions and renders go between)."""
-        try:
-            reason = self._next_token()
-        except BaseException as e:  # handed to the reader, who raises it
-            self.error, reason = e, "error"
-        if reason is None:
-            MODEL_THREAD.submit(self._advance)
-            return
-        self._tokens.close()  # frees the KV cache and the recorder now, not at garbage collection
-        ACTIVE.leave(reason, len(self.steps))
-        with self._news:
-            self.finish_reason = reason
-            self._news.notify_all()
+    # what the batcher (explorer/batching.py) asks, on the model thread
 
-    def _next_token(self) -> str | None:
-        """Computes the next token unless asked to stop; the reason to end, or None to go on."""
-        if self._stop.is_set() or self._should_stop():
-            return "stopped"
+    def stopping(self) -> bool:
+        return self._stop.is_set() or self._should_stop()
+
+    def advance_alone(self) -> None:
         step = next(self._tokens, None)
         if step is None:  # no room for a single new token (the prompt fills the context)
-            return "length"
+            self.end("length")
+        else:
+            self._add(step, self._last_trace)
+
+    def _last_trace(self) -> Any:
+        try:  # asked once more, a recording generation returns the whole context's trace (one token's work)
+            next(self._tokens)
+        except StopIteration as done:
+            return done.value
+        return None
+
+    def take(self) -> None:
+        self._add(self.decoding.sample(), self.decoding.context_trace)
+
+    def _add(self, step: Any, context_trace: Callable[[], Any]) -> None:
+        """A new token for the readers; the end when it was the last, or when the time is up."""
         with self._news:
             self.steps.append(step)
             self._news.notify_all()
         if step.finish_reason is not None:
-            try:  # asked once more, a recording generation returns the whole context's trace (one token's work)
-                next(self._tokens)
-            except StopIteration as done:
-                self.context_trace = done.value
-            return step.finish_reason
-        return "time" if self._clock() > self._deadline else None
+            self.context_trace = context_trace()
+            self.end(step.finish_reason)
+        elif self._clock() > self._deadline:
+            self.end("time")
+
+    def end(self, reason: str, error: BaseException | None = None) -> None:
+        """Ends it now: frees the KV cache and the recorder (not at garbage collection), tells the readers."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.decoding is not None:
+            self.decoding.close()
+        else:
+            self._tokens.close()
+        ACTIVE.leave(reason, len(self.steps))
+        with self._news:
+            self.error = error
+            self.finish_reason = reason
+            self._news.notify_all()
 
     def stop(self) -> None:
         """End at the next token (Stop, a closed tab, a cancelled request): at most the token being computed now

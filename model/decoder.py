@@ -297,7 +297,7 @@ class Decoder(nn.Module):
     def embed_tokens(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids)
         if self.pos_embed is not None:
-            if int(positions[-1]) >= self.config.max_positions:
+            if int(positions.max()) >= self.config.max_positions:
                 raise ValueError(f"context longer than the model's {self.config.max_positions} learned positions")
             h = h + self.pos_embed(positions)
         return h

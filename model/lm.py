@@ -2,39 +2,18 @@
 a Step per new token (what was chosen, from which distribution, and the Trace of the context so far)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Generator, Iterator, Sequence
 
 import torch
 
+from .batch import PREFILL_CHUNK, Decoding, Step, advance
 from .cache import KVCache
 from .config import ModelConfig
 from .decoder import Decoder
 from .interventions import Intervention, Interventions, Patch
-from .sampling import SamplerSettings, entropy, sample
+from .sampling import SamplerSettings
 from .tokenizer import Tokenizer
 from .trace import Trace, TraceRecorder
-
-
-@dataclass(frozen=True)
-class Step:
-    """One generated token and the distribution it was drawn from."""
-
-    index: int  # 0 for the first new token
-    position: int  # its position in the context
-    token_id: int
-    text: str  # the new text this token completes (may be "" while a UTF-8 character is still partial)
-    prob: float  # its probability under the model's distribution (before temperature and cuts)
-    sampled_prob: float  # its probability in the distribution it was actually drawn from
-    entropy: float  # of the model's distribution, nats
-    top_ids: list[int]  # the model's most likely tokens, most likely first
-    top_probs: list[float]  # their probabilities before temperature / top-k / top-p
-    top_sampled_probs: list[float]  # after (0 where cut)
-    top_kept: list[bool]  # whether the sampler kept each
-    n_kept: int  # how many tokens of the vocabulary the sampler kept
-    kept_mass: float  # model probability mass of the kept tokens
-    finish_reason: str | None  # "stop" (an end-of-generation token), "length", or None while going on
-    trace: Trace | None = None
 
 
 def _pick_device(device: str | torch.device | None) -> torch.device:
@@ -156,57 +135,47 @@ class LanguageModel:
         The interventions edit every forward pass, the prompt's and each new token's: a Patch acts on each of its
         positions when that position is computed, in the prompt or among the generated tokens (all of them lie
         inside its source; positions the generation never reaches are left alone)."""
+        return self._generate(self.decoding(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, record,
+                                            chat, top_n, stop_at_eos, interventions))
+
+    def decoding(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        greedy: bool = False,
+        record: bool = False,
+        chat: bool = False,
+        top_n: int = 20,
+        stop_at_eos: bool = True,
+        interventions: Interventions | Sequence[Intervention] | None = None,
+        chunk: int = PREFILL_CHUNK,
+    ) -> Decoding:
+        """The generation generate() runs, as state that a server advances itself, with other sequences in one
+        forward pass per token (model/batch.py); the prompt is read `chunk` tokens at a time."""
         settings = SamplerSettings(temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         ids = self.prompt_ids(prompt, chat)
         if not ids:
             raise ValueError("the prompt has no tokens")
-        return self._generate(ids, max_new_tokens, settings, seed, record, top_n, stop_at_eos,
-                              self._interventions(interventions))
+        return Decoding(self, ids, max_new_tokens, settings, seed, record, top_n, stop_at_eos,
+                        self._interventions(interventions), chunk)
 
-    @torch.inference_mode()
-    def _generate(
-        self, ids: list[int], max_new_tokens: int, settings: SamplerSettings, seed: int | None,
-        record: bool, top_n: int, stop_at_eos: bool, interventions: Interventions,
-    ) -> Generator[Step, None, Trace | None]:
-        generator = torch.Generator(device="cpu")
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        cache = KVCache(self.config.n_layers, initial_capacity=len(ids) + max_new_tokens)
-        recorder = (TraceRecorder(self.decoder, capacity=len(ids) + max_new_tokens, interventions=interventions)
-                    if record else None)
-        stream = self.tokenizer.text_stream()
-        stop_ids = self.tokenizer.stop_ids if stop_at_eos else frozenset()
-        x = self._tensor(ids)
-        position = len(ids)
-        for index in range(max_new_tokens):
-            logits = self.decoder(x, cache=cache, recorder=recorder, last_only=True,
-                                  interventions=interventions)[0, -1].cpu()
-            if recorder is not None:
-                recorder.commit(x[0])
-            s = sample(logits, settings, generator)
-            top_probs, top_ids = torch.topk(s.probs, min(top_n, s.probs.shape[0]))
-            token = s.token_id
-            finish = "stop" if token in stop_ids else "length" if index == max_new_tokens - 1 else None
-            yield Step(
-                index=index, position=position, token_id=token, text=stream.push(token),
-                prob=float(s.probs[token]), sampled_prob=float(s.final_probs[token]), entropy=entropy(s.probs),
-                top_ids=top_ids.tolist(), top_probs=top_probs.tolist(),
-                top_sampled_probs=s.final_probs[top_ids].tolist(), top_kept=s.kept[top_ids].tolist(),
-                n_kept=int(s.kept.sum()), kept_mass=float(torch.dot(s.probs, s.kept.to(s.probs.dtype))),
-                finish_reason=finish,
-                trace=recorder.trace() if recorder is not None else None,
-            )
-            x = torch.tensor([[token]], dtype=torch.long, device=self.device)
-            if finish:
-                if recorder is None:
-                    return
-                # asked for once more after the last step: the last token through the model too, so the returned
-                # Trace (the generator's return value) covers the whole context, for one token's work
-                self.decoder(x, cache=cache, recorder=recorder, last_only=True, interventions=interventions)
-                recorder.commit(x[0])
-                return recorder.trace()
-            position += 1
+    @staticmethod
+    def _generate(decoding: Decoding) -> Generator[Step, None, Trace | None]:
+        """decoding alone, a Step per token (see generate)."""
+        try:
+            while not decoding.finished:
+                while decoding.prefilling:
+                    decoding.prefill()
+                if decoding.ready:
+                    advance([decoding])
+                step = decoding.sample()
+                yield step
+            return decoding.context_trace()  # asked for once more after the last step
+        finally:
+            decoding.close()

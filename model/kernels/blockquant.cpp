@@ -370,60 +370,85 @@ struct Packed {
   }
 };
 
-// One token through one pre-norm Llama-style block (RMSNorm, fused q/k/v, rotate-half RoPE, grouped-query
-// attention over the cache, SwiGLU), the same math as decoder.Block.forward for a single position, in one call:
-// the reference spends as long dispatching its ~40 small ops as the matrix products take (model/fast/llama_block.py). k and v are written
-// into the caches [1, Hkv, capacity, D] at position pos; attention reads positions 0..pos.
-torch::Tensor llama_block_step(const torch::Tensor& h, const torch::Tensor& attn_norm, const torch::Tensor& mlp_norm,
+// One new token of each of several sequences (rows) through one pre-norm Llama-style block (RMSNorm, fused q/k/v,
+// rotate-half RoPE, grouped-query attention over each row's own cache, SwiGLU): the same math as
+// decoder.Block.forward for a single position, in one call: the reference spends as long dispatching its ~40 small ops
+// as the matrix products take (model/fast/llama_block.py). The matrices are read once for all rows (the products take
+// the rows together); every row's numbers are computed by the same code whatever its companions, so a sequence decodes
+// bit for bit alike alone and in a batch. Row r's k and v are written into its caches [1, Hkv, capacity, D] at
+// positions[r]; its attention reads positions 0..positions[r] of them. cos, sin: [rows, D], each row's angles.
+torch::Tensor llama_block_rows(const torch::Tensor& h, const torch::Tensor& attn_norm, const torch::Tensor& mlp_norm,
                                double eps, const Packed& qkv, const Packed& wo, const Packed& gate_up,
                                const Packed& down, int64_t n_heads, int64_t n_kv_heads, const torch::Tensor& cos,
-                               const torch::Tensor& sin, torch::Tensor& k_cache, torch::Tensor& v_cache, int64_t pos,
+                               const torch::Tensor& sin, const std::vector<torch::Tensor>& k_caches,
+                               const std::vector<torch::Tensor>& v_caches, const std::vector<int64_t>& positions,
                                double scale) {
-  const int64_t d = h.size(-1), hd = cos.size(-1), group = n_heads / n_kv_heads;
-  TORCH_CHECK(h.numel() == d && h.is_contiguous() && h.scalar_type() == torch::kFloat32, "h: one float32 token");
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(0) == 1 && k_cache.size(1) == n_kv_heads && k_cache.size(3) == hd &&
-                  k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous() &&
-                  pos >= 0 && pos < k_cache.size(2),
-              "caches: contiguous [1, Hkv, capacity > pos, D]");
-  auto x = h.view({1, d});
-  auto qkv_out = qkv(rms_norm(x, attn_norm, eps));  // [1, (H + 2 Hkv) D]
-  TORCH_CHECK(qkv_out.size(1) == (n_heads + 2 * n_kv_heads) * hd, "q/k/v rows do not match the heads");
-  const float *pq = qkv_out.data_ptr<float>(), *pk = pq + n_heads * hd, *pv = pk + n_kv_heads * hd;
-  const float *c = cos.data_ptr<float>(), *s = sin.data_ptr<float>();
-  const int64_t half = hd / 2, cap = k_cache.size(2), n = pos + 1;
-  float *kc = k_cache.data_ptr<float>(), *vc = v_cache.data_ptr<float>();
-  for (int64_t g = 0; g < n_kv_heads; ++g) {
-    rope_row(pk + g * hd, c, s, half, kc + (g * cap + pos) * hd);
-    std::copy(pv + g * hd, pv + (g + 1) * hd, vc + (g * cap + pos) * hd);
+  const int64_t d = h.size(-1), rows = h.numel() / d, hd = cos.size(-1), group = n_heads / n_kv_heads;
+  TORCH_CHECK(h.is_contiguous() && h.scalar_type() == torch::kFloat32, "h: contiguous float32 [rows, 1, d]");
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.numel() == rows * hd && sin.numel() == rows * hd,
+              "cos, sin: contiguous [rows, D]");
+  TORCH_CHECK(int64_t(k_caches.size()) == rows && int64_t(v_caches.size()) == rows &&
+                  int64_t(positions.size()) == rows,
+              "one pair of caches and one position per row");
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto &k = k_caches[r], &v = v_caches[r];
+    TORCH_CHECK(k.dim() == 4 && k.size(0) == 1 && k.size(1) == n_kv_heads && k.size(3) == hd && k.is_contiguous() &&
+                    v.sizes() == k.sizes() && v.is_contiguous() && positions[r] >= 0 && positions[r] < k.size(2),
+                "caches: contiguous [1, Hkv, capacity > position, D]");
   }
-  auto attn = torch::empty({1, n_heads * hd}, h.options());
+  auto x = h.view({rows, d});
+  auto qkv_out = qkv(rms_norm(x, attn_norm, eps));  // [rows, (H + 2 Hkv) D]
+  const int64_t width = qkv_out.size(1), half = hd / 2;
+  TORCH_CHECK(width == (n_heads + 2 * n_kv_heads) * hd, "q/k/v rows do not match the heads");
+  const float *pqkv = qkv_out.data_ptr<float>(), *pc = cos.data_ptr<float>(), *ps = sin.data_ptr<float>();
+  int64_t keys_read = 0;
+  for (int64_t r = 0; r < rows; ++r) {  // the new keys (rotated) and values into each row's cache
+    const float *pk = pqkv + r * width + n_heads * hd, *pv = pk + n_kv_heads * hd;
+    const int64_t cap = k_caches[r].size(2), pos = positions[r];
+    float *kc = k_caches[r].data_ptr<float>(), *vc = v_caches[r].data_ptr<float>();
+    for (int64_t g = 0; g < n_kv_heads; ++g) {
+      rope_row(pk + g * hd, pc + r * hd, ps + r * hd, half, kc + (g * cap + pos) * hd);
+      std::copy(pv + g * hd, pv + (g + 1) * hd, vc + (g * cap + pos) * hd);
+    }
+    keys_read += pos + 1;
+  }
+  auto attn = torch::empty({rows, n_heads * hd}, h.options());
   float* pa = attn.data_ptr<float>();
-  std::vector<float> qr(hd), p(n);
-  for (int64_t head = 0; head < n_heads; ++head) {
-    rope_row(pq + head * hd, c, s, half, qr.data());
-    const float *keys = kc + (head / group) * cap * hd, *values = vc + (head / group) * cap * hd;
-    float top = -INFINITY, total = 0.f;
-    for (int64_t j = 0; j < n; ++j) {
-      float dot = 0.f;
-      for (int64_t i = 0; i < hd; ++i) dot += qr[i] * keys[j * hd + i];
-      p[j] = dot * float(scale);
-      top = std::max(top, p[j]);
+  // (row, head) tasks, each computed by the same serial code; split between threads only when there is enough work
+  const int64_t tasks = rows * n_heads, grain = keys_read * n_heads < 16384 ? tasks : 1;
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> qr(hd), p;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t r = task / n_heads, head = task % n_heads, n = positions[r] + 1, cap = k_caches[r].size(2);
+      p.resize(n);
+      rope_row(pqkv + r * width + head * hd, pc + r * hd, ps + r * hd, half, qr.data());
+      const float* keys = k_caches[r].data_ptr<float>() + (head / group) * cap * hd;
+      const float* values = v_caches[r].data_ptr<float>() + (head / group) * cap * hd;
+      float top = -INFINITY, total = 0.f;
+      for (int64_t j = 0; j < n; ++j) {
+        float dot = 0.f;
+        for (int64_t i = 0; i < hd; ++i) dot += qr[i] * keys[j * hd + i];
+        p[j] = dot * float(scale);
+        top = std::max(top, p[j]);
+      }
+      for (int64_t j = 0; j < n; ++j) total += (p[j] = std::exp(p[j] - top));
+      float* out = pa + r * n_heads * hd + head * hd;
+      std::fill(out, out + hd, 0.f);
+      for (int64_t j = 0; j < n; ++j) {
+        const float w = p[j] / total;
+        for (int64_t i = 0; i < hd; ++i) out[i] += w * values[j * hd + i];
+      }
     }
-    for (int64_t j = 0; j < n; ++j) total += (p[j] = std::exp(p[j] - top));
-    float* out = pa + head * hd;
-    std::fill(out, out + hd, 0.f);
-    for (int64_t j = 0; j < n; ++j) {
-      const float w = p[j] / total;
-      for (int64_t i = 0; i < hd; ++i) out[i] += w * values[j * hd + i];
-    }
-  }
+  });
   auto mid = x + wo(attn);
-  auto gu = gate_up(rms_norm(mid, mlp_norm, eps));  // [1, 2 F]: gate then up
+  auto gu = gate_up(rms_norm(mid, mlp_norm, eps));  // [rows, 2 F]: gate then up, per row
   const int64_t f = gu.size(1) / 2;
-  auto act = torch::empty({1, f}, h.options());
+  auto act = torch::empty({rows, f}, h.options());
   const float* pg = gu.data_ptr<float>();
   float* pact = act.data_ptr<float>();
-  for (int64_t i = 0; i < f; ++i) pact[i] = pg[i] / (1.f + std::exp(-pg[i])) * pg[f + i];  // silu(gate) * up
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < f; ++i)  // silu(gate) * up
+      pact[r * f + i] = pg[r * 2 * f + i] / (1.f + std::exp(-pg[r * 2 * f + i])) * pg[r * 2 * f + f + i];
   return (mid + down(act)).view(h.sizes());
 }
 
@@ -453,7 +478,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         return Packed{kind, q, d ? *d : torch::Tensor(), m ? *m : torch::Tensor()};
       }))
       .def("__call__", &Packed::operator(), "x [M, K] float32 -> x @ W^T [M, N]", release());
-  module.def("llama_block_step", &llama_block_step, "one token through a Llama-style block", release());
+  module.def("llama_block_rows", &llama_block_rows, "one new token of each row through a Llama-style block", release());
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }

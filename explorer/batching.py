@@ -1,0 +1,101 @@
+"""The scheduler of the running generations (explorer/generations.py): one task at a time on the model thread, each
+a step that advances every running generation, renders and other model-thread tasks going between steps. A step:
+stop requests end their generation at once; one chunk of the oldest prompt still being read (so a long prompt never
+stalls the others for long); one forward pass for every generation ready for its next token (model/batch.py); each
+of them samples its token with its own generator. A generation that ends leaves at once; a new one joins the next
+step."""
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from typing import Protocol
+
+from explorer.model_thread import MODEL_THREAD, ModelThread
+from model.batch import Decoding, advance
+
+
+class Member(Protocol):
+    """What the batcher asks of a generation (explorer.generations.Generation)."""
+
+    decoding: Decoding | None  # None: a model without batched decoding; it advances alone (advance_alone)
+    ended: bool
+
+    def stopping(self) -> bool: ...  # asked to stop (Stop, a closed tab, ...)
+
+    def end(self, reason: str, error: BaseException | None = None) -> None: ...
+
+    def advance_alone(self) -> None: ...  # one token, or the end, by itself
+
+    def take(self) -> None: ...  # its decoding has logits: sample the token, hand the Step out, end if it was last
+
+
+class Batcher:
+    def __init__(self, thread: ModelThread = MODEL_THREAD) -> None:
+        self._thread = thread
+        self._lock = threading.Lock()
+        self._members: list[Member] = []
+        self._scheduled = False
+
+    def add(self, member: Member) -> None:
+        """member runs from the next step on."""
+        with self._lock:
+            self._members.append(member)
+            if not self._scheduled:
+                self._scheduled = True
+                self._thread.submit(self.step)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._members)
+
+    def step(self) -> None:
+        """One step of every running generation (see the module's docstring), then the next step, queued behind
+        whatever other tasks came meanwhile."""
+        with self._lock:
+            members = list(self._members)
+        try:
+            self._advance(members)
+        finally:
+            with self._lock:
+                self._members = [m for m in self._members if not m.ended]
+                self._scheduled = bool(self._members)
+                if self._scheduled:
+                    self._thread.submit(self.step)
+
+    def _advance(self, members: list[Member]) -> None:
+        for m in members:
+            if m.stopping():
+                m.end("stopped")
+            elif m.decoding is not None and m.decoding.finished and not m.ended:
+                m.end("length")  # no room for a single new token (the prompt fills the context)
+        for m in members:
+            if not m.ended and m.decoding is None:
+                _guarded(m, m.advance_alone)
+        prefilling = [m for m in members if not m.ended and m.decoding is not None and m.decoding.prefilling]
+        if prefilling:
+            _guarded(prefilling[0], prefilling[0].decoding.prefill)
+        by_model = defaultdict(list)
+        for m in members:
+            if not m.ended and m.decoding is not None and m.decoding.ready:
+                by_model[id(m.decoding.lm)].append(m)
+        for ready in by_model.values():
+            try:
+                advance([m.decoding for m in ready])
+            except Exception:  # noqa: BLE001: find whose it is: each alone, so one bad sequence ends only itself
+                for m in ready:
+                    if m.decoding.ready:
+                        _guarded(m, lambda m=m: advance([m.decoding]))
+        for m in members:
+            if not m.ended and m.decoding is not None and m.decoding.logits is not None:
+                _guarded(m, m.take)
+
+
+def _guarded(member: Member, work) -> None:
+    """work for member; an error ends that member alone (its reader raises it)."""
+    try:
+        work()
+    except BaseException as e:  # noqa: BLE001: handed to the reader, who raises it
+        member.end("error", e)
+
+
+BATCHER = Batcher()

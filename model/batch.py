@@ -1,0 +1,225 @@
+"""Decoding several sequences at once. A Decoding is one sequence's generation as state (its KV cache, sampler and
+seed, recorder, the ids still to go through the model); `advance` moves many of them on by one token in one forward
+pass, each over its own cache at its own length (ragged caches: no padding, no mask), reading the weights once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .cache import KVCache
+from .decoder import Attention, Block, Decoder
+from .fast.llama_block import OneCallBlock
+from .interventions import NO_INTERVENTIONS, Interventions
+from .layers import apply_rope, attention
+from .sampling import SamplerSettings, entropy, sample
+from .trace import Trace, TraceRecorder
+
+if TYPE_CHECKING:
+    from .lm import LanguageModel
+
+# A prompt goes through the model this many tokens at a time, so that a long one does not stall other sequences'
+# tokens (a server runs each chunk as a step of its own); alone or in a batch, a prompt is read in the same chunks.
+PREFILL_CHUNK = 128
+# At most this many sequences share a forward pass (more are split in several): the packed kernels read the
+# weights once for all of them up to this many rows (model/fast/packed.py)
+MAX_ROWS = 32
+
+
+@dataclass(frozen=True)
+class Step:
+    """One generated token and the distribution it was drawn from."""
+
+    index: int  # 0 for the first new token
+    position: int  # its position in the context
+    token_id: int
+    text: str  # the new text this token completes (may be "" while a UTF-8 character is still partial)
+    prob: float  # its probability under the model's distribution (before temperature and cuts)
+    sampled_prob: float  # its probability in the distribution it was actually drawn from
+    entropy: float  # of the model's distribution, nats
+    top_ids: list[int]  # the model's most likely tokens, most likely first
+    top_probs: list[float]  # their probabilities before temperature / top-k / top-p
+    top_sampled_probs: list[float]  # after (0 where cut)
+    top_kept: list[bool]  # whether the sampler kept each
+    n_kept: int  # how many tokens of the vocabulary the sampler kept
+    kept_mass: float  # model probability mass of the kept tokens
+    finish_reason: str | None  # "stop" (an end-of-generation token), "length", or None while going on
+    trace: Trace | None = None
+
+
+
+class Decoding:
+    """One sequence being generated, as LanguageModel.generate's settings made it. It reads its prompt in chunks
+    (prefill), then takes a token at a time (advance, alone or with others), sampled with its own torch.Generator."""
+
+    def __init__(self, lm: "LanguageModel", ids: list[int], max_new_tokens: int, settings: SamplerSettings,
+                 seed: int | None, record: bool, top_n: int, stop_at_eos: bool, interventions: Interventions,
+                 chunk: int = PREFILL_CHUNK) -> None:
+        self.lm, self.settings, self.top_n, self.interventions, self.chunk = lm, settings, top_n, interventions, chunk
+        self.max_new_tokens = max_new_tokens
+        self.generator = torch.Generator(device="cpu")
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+        capacity = len(ids) + max_new_tokens
+        self.cache = KVCache(lm.config.n_layers, initial_capacity=capacity)
+        self.recorder = (TraceRecorder(lm.decoder, capacity=capacity, interventions=interventions)
+                         if record else None)
+        self.stream = lm.tokenizer.text_stream()
+        self.stop_ids = lm.tokenizer.stop_ids if stop_at_eos else frozenset()
+        self.pending = list(ids)  # ids not yet through the model: the prompt, then each sampled token
+        self.logits: torch.Tensor | None = None  # [vocab] float32 of the last id through the model, not yet sampled
+        self.n_steps = 0
+        self.finished = max_new_tokens == 0  # no room for a single new token: nothing to compute
+
+    @property
+    def prefilling(self) -> bool:
+        """Prompt tokens still to read before the first new token (one prefill() each chunk)."""
+        return not self.finished and len(self.pending) > 1
+
+    @property
+    def ready(self) -> bool:
+        """One id to put through the model for the next token (advance, with others)."""
+        return not self.finished and len(self.pending) == 1 and self.logits is None
+
+    @torch.inference_mode()
+    def prefill(self) -> None:
+        """The next chunk of the prompt through the model, alone; after the last one, the logits to sample from."""
+        ids, self.pending = self.pending[: self.chunk], self.pending[self.chunk:]
+        logits = self._forward(ids)
+        if not self.pending:
+            self.logits = logits
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        """ids through the reference forward (with its fast blocks) over this sequence's cache: the last logits."""
+        x = self.lm._tensor(ids)  # noqa: SLF001: its range check
+        logits = self.lm.decoder(x, cache=self.cache, recorder=self.recorder, last_only=True,
+                                 interventions=self.interventions)[0, -1].cpu()
+        if self.recorder is not None:
+            self.recorder.commit(x[0])
+        return logits
+
+    @torch.inference_mode()
+    def sample(self) -> Step:
+        """The next token from the logits, as a Step; after the last one (an end-of-text token or the token limit)
+        the sequence is finished."""
+        s = sample(self.logits, self.settings, self.generator)
+        top_probs, top_ids = torch.topk(s.probs, min(self.top_n, s.probs.shape[0]))
+        token, index = s.token_id, self.n_steps
+        finish = "stop" if token in self.stop_ids else "length" if index == self.max_new_tokens - 1 else None
+        step = Step(
+            index=index, position=self.cache.length, token_id=token, text=self.stream.push(token),
+            prob=float(s.probs[token]), sampled_prob=float(s.final_probs[token]), entropy=entropy(s.probs),
+            top_ids=top_ids.tolist(), top_probs=top_probs.tolist(),
+            top_sampled_probs=s.final_probs[top_ids].tolist(), top_kept=s.kept[top_ids].tolist(),
+            n_kept=int(s.kept.sum()), kept_mass=float(torch.dot(s.probs, s.kept.to(s.probs.dtype))),
+            finish_reason=finish,
+            trace=self.recorder.trace() if self.recorder is not None else None,
+        )
+        self.logits, self.pending, self.n_steps = None, [token], index + 1
+        self.finished = finish is not None
+        return step
+
+    @torch.inference_mode()
+    def context_trace(self) -> Trace | None:
+        """A recording sequence once finished: its last token through the model too (one token's work), so the Trace
+        covers the whole context; None when not recording."""
+        if self.recorder is None or self.n_steps == 0:
+            return None
+        self._forward(self.pending)
+        return self.recorder.trace()
+
+    def close(self) -> None:
+        """Frees the cache and the recorder now, not at garbage collection."""
+        self.cache = self.recorder = None  # type: ignore[assignment]
+        self.finished = True
+
+
+@torch.inference_mode()
+def advance(decodings: Sequence[Decoding]) -> None:
+    """Each decoding's pending id through the model (all ready, of one LanguageModel), for its next logits: one
+    forward pass for those without interventions (MAX_ROWS at a time); a decoding with interventions runs alone,
+    through the reference forward that applies them."""
+    together = [d for d in decodings if not d.interventions]
+    for d in decodings:
+        if d.interventions:
+            d.logits = d._forward(d.pending)  # noqa: SLF001
+            d.pending = []
+    for start in range(0, len(together), MAX_ROWS):
+        rows = together[start : start + MAX_ROWS]
+        if len(rows) == 1:  # alone: exactly the reference forward
+            rows[0].logits = rows[0]._forward(rows[0].pending)  # noqa: SLF001
+        else:
+            for d, logits in zip(rows, forward_rows(rows[0].lm.decoder, rows)):
+                d.logits = logits
+        for d in rows:
+            d.pending = []
+
+
+def forward_rows(decoder: Decoder, rows: Sequence[Decoding]) -> list[torch.Tensor]:
+    """Decoder.forward for B sequences of one new token each, each at its own position over its own cache (and, where
+    it records, into its own recorder): the logits [vocab] of each. No interventions. What it records is handed to
+    the recorders once the pass succeeded (a pass that fails leaves them as they were, to be run again)."""
+    caches = [d.cache for d in rows]
+    ids = rows[0].lm._tensor([d.pending[0] for d in rows]).view(-1, 1)  # noqa: SLF001  [B, 1]
+    positions = torch.tensor([c.length for c in caches], device=ids.device)  # [B]: each row's own
+    h = decoder.embed_tokens(ids, positions[:, None])  # [B, 1, d]
+    rope = decoder.rope(positions, h.dtype)  # cos, sin [B, d_rot]
+    recording = any(d.recorder is not None for d in rows)
+    residuals, routings = [h], []  # [B, 1, d] each; (layer, experts [B, k], weights [B, k]) of MoE layers
+    for block in decoder.blocks:
+        if isinstance(block, OneCallBlock) and h.dtype == torch.float32 and rope is not None:
+            h = block.step_rows(h, rope, caches)
+        else:
+            h = _block_rows(block, h, positions, rope, caches, routings if recording else None)
+        residuals.append(h)
+    for cache in caches:
+        cache.advance(1)
+    logits = decoder.unembed(h)[:, 0].cpu()  # [B, vocab]
+    for r, d in enumerate(rows):
+        if d.recorder is not None:
+            for layer, experts, weights in routings:
+                d.recorder.routing(layer, experts[r : r + 1], weights[r : r + 1])
+            for index, hidden in enumerate(residuals):
+                d.recorder.residual(index, hidden[r : r + 1])
+            d.recorder.commit(ids[r])
+    return list(logits)
+
+
+def _block_rows(block: Block, h: torch.Tensor, positions: torch.Tensor, rope, caches: list[KVCache],
+                routings: list | None) -> torch.Tensor:
+    """Block.forward for B sequences of one token each (h [B, 1, d]): the matrices of all rows together, each row's
+    attention over its own cache; an MoE layer's choices appended to routings (when given)."""
+    attn_out = _attention_rows(block.attn, block.attn_norm(h), positions, rope, caches)
+    h = h + attn_out
+    record: dict | None = {} if routings is not None else None
+    mlp_out = block._mlp(block.mlp_norm(h), record, NO_INTERVENTIONS)  # noqa: SLF001
+    if record:
+        routings.append((block.layer, record["experts"], record["expert_weights"]))
+    return h + mlp_out
+
+
+def _attention_rows(attn: torch.nn.Module, x: torch.Tensor, positions: torch.Tensor, rope,
+                    caches: list[KVCache]) -> torch.Tensor:
+    """The attention output [B, 1, d] of x [B, 1, d] (normed), row r at positions[r] over caches[r]."""
+    b = x.shape[0]
+    if not isinstance(attn, Attention):  # latent attention: row by row, as the reference computes it
+        return torch.cat([attn(x[r : r + 1], positions[r : r + 1],
+                               None if rope is None else (rope[0][r : r + 1], rope[1][r : r + 1]), caches[r])[0]
+                          for r in range(b)])
+    q = attn.wq(x).view(b, 1, attn.n_heads, attn.d_head).transpose(1, 2)  # [B, H, 1, D]
+    k = attn.wk(x).view(b, 1, attn.n_kv_heads, attn.d_head).transpose(1, 2)  # [B, Hkv, 1, D]
+    v = attn.wv(x).view(b, 1, attn.n_kv_heads, attn.d_head).transpose(1, 2)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    if rope is not None:  # each row's angles: cos, sin [B, 1, 1, D] against [B, H, 1, D]
+        cos, sin = rope[0][:, None, None], rope[1][:, None, None]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    outs = []
+    for r, cache in enumerate(caches):
+        keys, values = cache.update(attn.layer, k[r : r + 1], v[r : r + 1])  # [1, Hkv, past + 1, D]
+        outs.append(attention(q[r : r + 1], keys, values, positions[r : r + 1], attn.scale, attn.window)[0])
+    out = torch.cat(outs)  # [B, H, 1, D]
+    return attn.wo(out.transpose(1, 2).reshape(b, 1, -1))
