@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 FORMAT = "llm-explorer-session"
-VERSION = 1  # v1 files hold empty "branches" and "interventions" lists: a later version fills them, v1 stays readable
+VERSION = 2  # v2 fills "branches" and "interventions" (v1 held them empty) and adds "current_branch"; v1 stays readable
+MAX_BRANCHES = 32  # branches a session file may hold (each is a generation to replay)
 MAX_SESSION_CHARS = 400_000  # a session of 256 tokens with 20 candidates each is about 170 KB
 PROB_TOLERANCE = 1e-4  # a replay's probabilities may differ by this much (floats are stored to 8 digits)
 CSV_TOP = 5
@@ -97,13 +98,18 @@ def step_record(step: Any) -> dict[str, Any]:
 
 
 def session_document(model: Mapping[str, Any], prompt_ids: Sequence[int], settings: Mapping[str, Any],
-                     steps: Sequence[Any], selection: Mapping[str, Any]) -> dict[str, Any]:
+                     steps: Sequence[Any], selection: Mapping[str, Any], branches: Sequence[Mapping[str, Any]] = (),
+                     interventions: Sequence[Mapping[str, Any]] = (), current_branch: int = 0) -> dict[str, Any]:
     """The session file's content. model: name, weights_sha256, device, dtype; settings: the generation's (the
-    keys of SETTINGS); selection: tab, token (a position or None), layer, head."""
+    keys of SETTINGS); steps: the original generation's; selection: tab, token (a position or None), layer, head;
+    branches: BranchTree.records() (parent, at, token_id, cut, ids; the original is branch 0); interventions: the
+    ablations every forward pass of the run had, as /generate takes them ({"kind": "head", "layer": 3, "head": 2});
+    current_branch: the branch the views showed."""
     return {
         "format": FORMAT, "version": VERSION, "model": dict(model), "prompt_ids": list(prompt_ids),
         "settings": {k: settings[k] for k in SETTINGS}, "steps": [step_record(s) for s in steps],
-        "selection": dict(selection), "branches": [], "interventions": [],
+        "selection": dict(selection), "branches": [dict(b) for b in branches],
+        "interventions": [dict(i) for i in interventions], "current_branch": current_branch,
     }
 
 
@@ -149,8 +155,17 @@ def read_session(text: Any) -> dict[str, Any]:
     for name in ("branches", "interventions"):
         if not isinstance(doc.get(name, []), list):
             raise SessionFileError(f"The session file's {name} must be a list.")
-        if doc.get(name):
-            raise SessionFileError(f"The session file holds {name}, which this explorer cannot replay yet.")
+    if not all(isinstance(i, dict) for i in doc.get("interventions", [])):
+        raise SessionFileError("The session file's interventions must be objects like {\"kind\": \"head\", "
+                               "\"layer\": 3, \"head\": 2}.")
+    branches = doc.get("branches", [])
+    if len(branches) > MAX_BRANCHES:
+        raise SessionFileError(f"The session file holds {len(branches)} branches; at most {MAX_BRANCHES} are replayed.")
+    for i, branch in enumerate(branches):
+        _check_branch(branch, i + 1)
+    current = doc.get("current_branch", 0)
+    if not _is_int(current) or not 0 <= current <= len(branches):
+        raise SessionFileError(f"The session file's current_branch must be a branch number from 0 to {len(branches)}.")
     if not isinstance(doc.get("selection", {}), dict):
         raise SessionFileError("The session file's selection must be an object.")
     return doc
@@ -158,6 +173,20 @@ def read_session(text: Any) -> dict[str, Any]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_branch(branch: Any, number: int) -> None:
+    """A branch record's structure (BranchTree.records()); whether its tokens are the model's, the replay checks."""
+    if not isinstance(branch, dict):
+        raise SessionFileError(f"Branch {number} of the session file is not an object.")
+    parent, at, token_id, ids = (branch.get(k) for k in ("parent", "at", "token_id", "ids"))
+    if not _is_int(parent) or not 0 <= parent < number:
+        raise SessionFileError(f"Branch {number} of the session file must leave an earlier branch (parent 0 to "
+                               f"{number - 1}).")
+    if not _is_int(at) or at < 0 or not _is_int(token_id) or not isinstance(branch.get("cut"), bool):
+        raise SessionFileError(f"Branch {number} of the session file has no valid at, token_id or cut.")
+    if not isinstance(ids, list) or not ids or not all(_is_int(i) for i in ids) or ids[0] != token_id:
+        raise SessionFileError(f"Branch {number} of the session file must list its token ids, the forced one first.")
 
 
 def _check_step(step: Any, i: int, position: int) -> None:

@@ -99,6 +99,21 @@ def describe(items: Sequence[Intervention]) -> str:
     return "; ".join(map(str, items)) or "nothing ablated"
 
 
+def intervention_records(items: Sequence[Intervention]) -> list[dict[str, Any]]:
+    """The ablations as /generate and session files take them (parse_interventions reads them back)."""
+    records = []
+    for item in items:
+        if isinstance(item, HeadAblation):
+            records.append(dict(kind="head", layer=item.layer, head=item.head))
+        elif isinstance(item, ExpertAblation):
+            records.append(dict(kind="expert", layer=item.layer, expert=item.expert))
+        elif isinstance(item, (AttentionAblation, MLPAblation)):
+            records.append(dict(kind="attention" if isinstance(item, AttentionAblation) else "mlp", layer=item.layer))
+        else:
+            raise ValueError(f"{item} cannot be written to a session file")
+    return records
+
+
 def parse_interventions(value: Any, config: ModelConfig) -> list[Intervention]:
     """Ablations as a client sends them: a JSON text or a list of objects such as {"kind": "head", "layer": 3,
     "head": 2}, {"kind": "expert", "layer": 1, "expert": 5}, {"kind": "attention", "layer": 1} or {"kind": "mlp",

@@ -11,12 +11,13 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from gradio_client.utils import is_file_obj_with_meta
 
+from explorer.branches import Branch, forced_step
 from explorer.export import (SessionFileError, check_model, first_mismatch, read_session, session_document,
                              tokens_csv, weights_sha256)
 from explorer.generations import ACTIVE, Generation
 from explorer.memory import SessionMemory
 from explorer.model_thread import MODEL_THREAD
-from explorer.probing import describe, parse_interventions, patching_pair, patching_sweep
+from explorer.probing import describe, intervention_records, parse_interventions, patching_pair, patching_sweep
 from explorer.ui.common import Limits
 from model import LanguageModel
 from model.sampling import GREEDY_BELOW_TEMPERATURE
@@ -293,15 +294,61 @@ def model_record(lm: LanguageModel) -> dict[str, Any]:
 
 @dataclass
 class Replay:
-    """A session file being replayed: its document, the request it records, and the generation that redoes it."""
+    """A session file being replayed: its document, the request it records, the ablations its run had, and the
+    generation that redoes the original; its branches are redone after it (branches())."""
 
     document: dict[str, Any]
     request: GenerationRequest
     generation: Generation
+    interventions: tuple = ()
 
     def mismatch(self) -> str | None:
         """Once the generation has ended: None when every token of the file came again, else a sentence."""
         return first_mismatch(self.document["steps"], self.generation.steps)
+
+    def branches(self, lm: LanguageModel, limits: Limits, should_stop: Callable[[], bool] = lambda: False
+                 ) -> Iterator[tuple[int, list[Branch] | str]]:
+        """After the original replayed: each of the file's branches generated again from its parent's prefix and its
+        forced token, with the run's settings, seed and ablations, as the app generated it (start_continuation).
+        Yields (branches done, the tree's branches after the original); the last yield's second item is a sentence
+        instead when a branch's token is not the replay's or its forced token is not a candidate there."""
+        tree: list[Branch] = [Branch(parent=None, at=0, steps=list(self.generation.steps))]
+        ids = self.document["prompt_ids"]
+        records = self.document.get("branches", [])
+        for number, record in enumerate(records, start=1):
+            yield number - 1, tree[1:]
+            parent, at = tree[record["parent"]], record["at"]
+            if at >= len(parent.steps):
+                yield number - 1, (f"Branch {number} leaves branch {record['parent']} at token {at + 1}, which has "
+                                   f"{len(parent.steps)} tokens: the file was changed.")
+                return
+            try:
+                forced = forced_step(parent.steps[at], record["token_id"], lm.tokenizer.decode([record["token_id"]]))
+            except ValueError:
+                yield number - 1, (f"Branch {number}'s forced token is not a candidate of token {at + 1}: the file was "
+                                   "changed.")
+                return
+            if forced.cut != record["cut"]:
+                yield number - 1, f"Branch {number}'s forced token is marked as {'not ' * forced.cut}kept: changed."
+                return
+            steps = parent.steps[:at] + [forced]
+            wanted = record["ids"][1:]
+            if wanted:
+                context = ids + [st.token_id for st in steps]
+                request = dataclasses.replace(self.request, max_new_tokens=len(wanted))
+                generation = request.start(lm, context, limits, should_stop=should_stop,
+                                           interventions=self.interventions)
+                for _ in generation.follow(limits.text_hz):
+                    pass
+                got = [st.token_id for st in generation.steps]
+                if got != wanted:
+                    k = next((i for i, (a, b) in enumerate(zip(wanted, got)) if a != b), min(len(got), len(wanted)))
+                    yield number - 1, (f"Branch {number}'s token {at + k + 2} differs from the replay's: the file was "
+                                       "changed, or made by another model or machine.")
+                    return
+                steps += [dataclasses.replace(st, index=at + 1 + i) for i, st in enumerate(generation.steps)]
+            tree.append(Branch(parent=record["parent"], at=at, steps=steps))
+        yield len(records), tree[1:]
 
 
 def start_replay(lm: LanguageModel, limits: Limits, text: Any, record: bool = False,
@@ -315,6 +362,10 @@ def start_replay(lm: LanguageModel, limits: Limits, text: Any, record: bool = Fa
         raise user_error(str(e)) from None
     settings = doc["settings"]
     try:
+        interventions = tuple(parse_interventions(doc.get("interventions", []), lm.config))
+    except ValueError as e:
+        raise user_error(f"The session file's interventions are refused: {e}") from None
+    try:
         request = GenerationRequest.checked(*(settings[k] for k in ("prompt", "max_new_tokens", "temperature", "top_k",
                                                                     "top_p", "seed", "greedy", "chat", "stop_at_eos")),
                                             limits=limits)
@@ -325,30 +376,34 @@ def start_replay(lm: LanguageModel, limits: Limits, text: Any, record: bool = Fa
         raise user_error("The session file's prompt ids are not what this model's tokenizer makes of its prompt: the "
                          "file was changed, or made with another tokenizer.")
     n_steps = len(doc["steps"])
-    if n_steps > request.max_new_tokens:
-        raise user_error(f"The session file holds {n_steps} tokens but asked for at most {request.max_new_tokens}: "
+    longest = max([n_steps] + [b["at"] + len(b["ids"]) for b in doc.get("branches", [])])
+    if longest > request.max_new_tokens:
+        raise user_error(f"The session file holds {longest} tokens but asked for at most {request.max_new_tokens}: "
                          "the file was changed.")
     # as many tokens as the file holds (a stopped run too): each token depends only on those before it
     generation = dataclasses.replace(request, max_new_tokens=n_steps).start(lm, ids, limits, record=record,
-                                                                           should_stop=should_stop)
-    return Replay(doc, request, generation)
+                                                                           should_stop=should_stop,
+                                                                           interventions=interventions)
+    return Replay(doc, request, generation, interventions)
 
 
 def api_export_session(lm: LanguageModel, limits: Limits) -> Callable[..., dict]:
     def export_session(prompt: str, max_new_tokens: int = 32, temperature: float = 0.8, top_k: int = 50,
                        top_p: float = 0.95, seed: int = 0, greedy: bool = False, chat: bool = False,
-                       stop_at_eos: bool = True) -> dict:
-        """Generate as /generate does and return the run as a session file ("session": the object to save as JSON,
-        which /import_session and the app's import replay) and as a table ("csv": a row per generated token:
-        position, id, text, p, entropy, top-5 candidates)."""
+                       stop_at_eos: bool = True, interventions: str = "") -> dict:
+        """Generate as /generate does (interventions too) and return the run as a session file ("session": the object
+        to save as JSON, which /import_session and the app's import replay) and as a table ("csv": a row per
+        generated token: position, id, text, p, entropy, top-5 candidates)."""
         request = GenerationRequest.checked(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, chat,
                                             stop_at_eos, limits)
+        items = checked_interventions(interventions, lm)
         ids = request.prompt_ids(lm, limits)
-        generation = request.start(lm, ids, limits)
+        generation = request.start(lm, ids, limits, interventions=items)
         for _ in generation.follow(limits.text_hz):
             pass
         steps = generation.steps
-        document = session_document(model_record(lm), ids, request.settings(), steps, {})
+        document = session_document(model_record(lm), ids, request.settings(), steps, {},
+                                    interventions=intervention_records(items))
         return dict(session=document, csv=tokens_csv(steps, lambda i: lm.tokenizer.decode([i])))
 
     return export_session
@@ -364,7 +419,12 @@ def api_import_session(lm: LanguageModel, limits: Limits) -> Callable[[str], dic
             pass
         if (problem := replay.mismatch()) is not None:
             raise user_error(problem)
+        *_, (_, branches) = replay.branches(lm, limits)
+        if isinstance(branches, str):
+            raise user_error(branches)
         steps = replay.generation.steps
-        return dict(text="".join(s.text for s in steps), tokens=len(steps), checked=True)
+        return dict(text="".join(s.text for s in steps), tokens=len(steps), checked=True,
+                    branches=["".join(st.text for st in b.steps) for b in branches],
+                    interventions=describe(replay.interventions) if replay.interventions else "")
 
     return import_session

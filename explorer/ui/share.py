@@ -16,9 +16,11 @@ import gradio as gr
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from explorer.branches import Branch
 from explorer.export import (MAX_SESSION_CHARS, parse_link, report_html, session_document, session_json,
                              tokens_csv)
 from explorer.model_thread import drawing
+from explorer.probing import describe, intervention_records
 from explorer.session import Session
 from explorer.ui.api import (Replay, api_export_session, api_import_session, model_record, setting_checks,
                              start_replay)
@@ -41,18 +43,12 @@ def plotly_js() -> str:
 
 
 def export_refusal(s: Session) -> str | None:
-    """Why this session cannot be exported now (a sentence), or None. A version-1 session file holds the original run
-    only: a branch or an ablated run would replay as another text and be refused when opened, so it is not written."""
+    """Why this session cannot be exported now (a sentence), or None."""
     if s.generating or not s.steps:
         why = "wait until the generation ends" if s.generating else "generate some text first"
         return f"Nothing to export yet: {why}."
-    if s.context_interventions:
-        return ("Session files do not hold ablations yet: this text was written with one. Generate it again without "
-                "the ablation (Probe tab) to export it.")
-    if s.tree.current != 0:
-        return ("Session files hold the original run, not yet its branches: switch to the original (the bar above "
-                "the text) to export it.")
     return None
+
 
 class Share:
     """Built in three places of the page (link_button in the title line, panel in the controls, wire at the end)."""
@@ -125,10 +121,12 @@ class Share:
             with s.drawing:
                 paths = self.write_files(s, tabs, render_output)
             return {self.files: gr.File(value=[str(p) for p in paths], visible=True),
-                    self.message: f"{len(s.steps)} tokens exported: the session file opens here again (and replays "
-                                  "exactly), the CSV in a spreadsheet, the report in any browser, offline."
-                                  + (f" Its {len(s.tree) - 1} branch(es) are not in the file: session files do not "
-                                     "hold branches yet." if len(s.tree) > 1 else "")}
+                    self.message: f"{len(s.steps)} tokens exported"
+                                  + (f", with {len(s.tree) - 1} branch(es)" if len(s.tree) > 1 else "")
+                                  + (f" and the ablation ({describe(s.context_interventions)})"
+                                     if s.context_interventions else "")
+                                  + ": the session file opens here again (and replays exactly), the CSV (of the text "
+                                    "shown) in a spreadsheet, the report in any browser, offline."}
 
         self.export.click(on_export, [state], [self.files, self.message], api_visibility="private")
 
@@ -146,16 +144,26 @@ class Share:
             if (problem := replay.mismatch()) is not None:
                 yield {self.message: f"**Not opened.** {problem}"}
                 return
+            n_branches = len(replay.document.get("branches", []))
+            for done, branches in replay.branches(lm, limits):
+                if isinstance(branches, str):
+                    yield {self.message: f"**Not opened.** {branches}"}
+                    return
+                if done < n_branches:
+                    yield {self.message: f"Replaying the session file's branches: {done} of {n_branches}…"}
             try:  # the file's settings as the controls will show them
                 shown = {c: self.fit(k, c, replay.document["settings"][k]) for k, c in zip(LINK_SETTINGS, settings)}
             except gr.Error as e:
                 yield {self.message: f"**Not opened.** This page cannot show the file's settings: {e.message}"}
                 return
-            problems = self.adopt(s, replay, tabs)
+            problems = self.adopt(s, replay, branches, tabs)
             yield {**shown,
                    tab_set: gr.Tabs(selected=s.active_tab), output: render_output(s),
                    **self.view_updates(s, tabs), **render_tab(s),
-                   status: f"Opened a session file: {n} tokens, each the same as this server generates now."
+                   status: f"Opened a session file: {n} tokens"
+                           + (f" and {n_branches} branch(es)" if n_branches else "")
+                           + (f", generated with {describe(replay.interventions)}" if replay.interventions else "")
+                           + ", each token the same as this server generates now."
                            + (" " + " ".join(problems) if problems else ""),
                    self.message: f"**Opened**: {n} tokens replayed and checked."}
 
@@ -229,14 +237,17 @@ class Share:
             return {}
         return {attention.layer: gr.Slider(value=s.layer), attention.head: gr.Dropdown(value=str(s.head))}
 
-    def adopt(self, s: Session, replay: Replay, tabs: dict[str, Any]) -> list[str]:
-        """The replayed run becomes the session's, at the file's selection."""
+    def adopt(self, s: Session, replay: Replay, branches: list[Branch], tabs: dict[str, Any]) -> list[str]:
+        """The replayed run (its ablations, its branches, the branch it showed) becomes the session's, at the file's
+        selection."""
         ids = replay.document["prompt_ids"]
-        s.start(ids, replay.request.settings())
+        s.start(ids, replay.request.settings(), replay.interventions)
         for step in replay.generation.steps:
             s.add(step)
         s.adopt_trace(replay.generation.context_trace)
         s.generating = False
+        s.tree.branches.extend(branches)
+        s.switch_branch(replay.document.get("current_branch", 0))
         return self.select(s, replay.document.get("selection", {}), tabs)
 
     def selection(self, s: Session) -> dict[str, Any]:
@@ -252,7 +263,9 @@ class Share:
         folder = EXPORT_DIR / uuid.uuid4().hex
         folder.mkdir()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        document = session_document(model_record(lm), s.prompt_ids, s.settings, s.steps, self.selection(s))
+        document = session_document(model_record(lm), s.prompt_ids, s.settings, s.tree.branches[0].steps,
+                                    self.selection(s), s.tree.records(), intervention_records(s.context_interventions),
+                                    s.tree.current)
         files = {f"session-{stamp}.json": session_json(document),
                  f"tokens-{stamp}.csv": tokens_csv(s.steps, lambda i: lm.tokenizer.decode([i])),
                  f"report-{stamp}.html": self.report(s, tabs, render_output)}

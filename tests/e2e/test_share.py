@@ -165,7 +165,8 @@ def import_file(page, path: Path) -> str:
 def test_export_then_import_replays_the_session_and_a_changed_file_is_refused(browser, app_url, generated, exported,
                                                                                tmp_path):
     session = json.loads(exported["files"]["session"].read_text())
-    assert session["version"] == 1 and session["branches"] == [] and session["interventions"] == []
+    assert session["version"] == 2 and session["branches"] == [] and session["interventions"] == []
+    assert session["current_branch"] == 0
     assert [s["token_id"] for s in session["steps"]] == generated["ids"]
     assert session["selection"] == dict(tab="Attention", token=exported["token"], layer=5, head=3)
     assert len(session["model"]["weights_sha256"]) == 64

@@ -21,6 +21,7 @@ PROMPT = 'He said "a, b"\nthen'
 SETTINGS = dict(prompt=PROMPT, max_new_tokens=10, temperature=0.8, top_k=50, top_p=0.95, seed=3, greedy=False,
                 chat=False, stop_at_eos=False, note=None)
 MODEL = dict(name="SmolLM2-135M-Instruct", weights_sha256="ab" * 32, device="cpu", dtype="float32")
+BRANCH = dict(parent=0, at=2, token_id=7, cut=False, ids=[7, 11, 12])
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +78,22 @@ def test_the_same_generation_replays_and_every_change_is_found(run, embedded_lm)
     assert "ended after 6 tokens" in first_mismatch(recorded, steps[:6])
 
 
+def test_version_1_files_still_read_and_version_2_holds_branches_and_ablations(run):
+    doc = document(run)
+    old = {k: v for k, v in doc.items() if k != "current_branch"}
+    assert read_session(json.dumps({**old, "version": 1})) == {**old, "version": 1}
+    lm, ids, steps = run
+    doc = session_document(MODEL, ids, SETTINGS, steps, {}, [BRANCH], [dict(kind="head", layer=3, head=1)], 1)
+    back = read_session(session_json(doc))
+    assert back["branches"] == [BRANCH] and back["current_branch"] == 1
+    assert back["interventions"] == [{"kind": "head", "layer": 3, "head": 1}]
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda d: "{not json", "not valid JSON"),
     (lambda d: json.dumps([1, 2]), "not a session file of the LLM Explorer"),
     (lambda d: json.dumps({**d, "format": "other"}), "not a session file"),
-    (lambda d: json.dumps({**d, "version": 2}), "version 2, written by a newer explorer"),
+    (lambda d: json.dumps({**d, "version": 3}), "version 3, written by a newer explorer"),
     (lambda d: json.dumps({**d, "version": True}), "no valid version"),
     (lambda d: json.dumps({**d, "model": {}}), "does not name its model"),
     (lambda d: json.dumps({**d, "prompt_ids": ["1"]}), "prompt_ids must be"),
@@ -91,7 +103,15 @@ def test_the_same_generation_replays_and_every_change_is_found(run, embedded_lm)
     (lambda d: json.dumps({**d, "steps": [dict(d["steps"][0], prob="0.5")]}), "Token 1 of the session file has no "
                                                                                "valid prob"),
     (lambda d: json.dumps({**d, "steps": [dict(d["steps"][0], top_probs=[0.5])]}), "malformed top candidates"),
-    (lambda d: json.dumps({**d, "branches": [{"at": 3}]}), "holds branches, which this explorer cannot replay yet"),
+    (lambda d: json.dumps({**d, "branches": [{"at": 3}]}), "Branch 1 of the session file must leave an earlier"),
+    (lambda d: json.dumps({**d, "branches": [BRANCH, dict(BRANCH, parent=2)]}), "Branch 2 of the session file must "
+                                                                               "leave an earlier branch (parent 0 to 1)"),
+    (lambda d: json.dumps({**d, "branches": [dict(BRANCH, cut="no")]}), "no valid at, token_id or cut"),
+    (lambda d: json.dumps({**d, "branches": [dict(BRANCH, ids=[8, 9])]}), "the forced one first"),
+    (lambda d: json.dumps({**d, "branches": [BRANCH] * 33}), "33 branches; at most 32"),
+    (lambda d: json.dumps({**d, "branches": [BRANCH], "current_branch": 2}), "current_branch must be a branch number "
+                                                                              "from 0 to 1"),
+    (lambda d: json.dumps({**d, "interventions": ["head 3"]}), "interventions must be objects"),
     (lambda d: json.dumps({**d, "interventions": {}}), "interventions must be a list"),
     (lambda d: " " * (MAX_SESSION_CHARS + 1), "too large to be a session file"),
     (lambda d: "", "The session file is empty"),
