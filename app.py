@@ -34,6 +34,7 @@ def main() -> None:
     from explorer.model_thread import MODEL_THREAD
 
     loading = MODEL_THREAD.submit(_load, args.model, args.device, args.dtype)
+    from explorer.i18n import I18N
     from explorer.ui.blocks import build_app, css, head_html
     from explorer.ui.common import Limits
 
@@ -42,7 +43,7 @@ def main() -> None:
     app = MODEL_THREAD.run(build_app, lm, limits)
     app.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
     app.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), head=head_html(),
-               theme="default", show_error=True, max_file_size=MAX_UPLOAD_BYTES)
+               theme="default", show_error=True, max_file_size=MAX_UPLOAD_BYTES, i18n=I18N)
 
 
 def _load(source: str | None, device: str | None, dtype: str | None):

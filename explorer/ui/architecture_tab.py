@@ -12,6 +12,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from explorer.config_files import config_name, read_config_json
+from explorer.i18n import english, t
 from explorer.model_thread import MODEL_THREAD
 from explorer.session import Session
 from explorer.ui.common import placeholder
@@ -25,13 +26,8 @@ from model.params import ParameterCounts, parameter_counts
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 KIMI_CONFIG = ASSETS / "kimi-k2-instruct.config.json"
-KIMI = "Kimi-K2 (config only, 1T parameters)"
-CONFIG_FILE = "A config.json (path below)"
-EXPLAIN = ("Every block reads the residual stream h through a **norm**, lets its tokens exchange information in "
-           "**attention**, adds the result back, then transforms each token alone in the **MLP**. In a "
-           "**Mixture of Experts** a router picks a few experts per token, so most parameters rest for any one "
-           "token: Kimi-K2 holds about 1T parameters but uses about 32B per token. **Multi-head Latent Attention** "
-           "caches one small latent per token instead of every head's keys and values.")
+KIMI = english("arch.kimi")  # the Show menu's values (a lesson sets them): its labels are in the browser's language
+CONFIG_FILE = english("arch.config_file")
 
 VIEWS = ["Blocks", "RoPE"]
 ROPE_HEIGHT = 360  # the RoPE view's figures: under the Show row, within 720 pixels
@@ -71,28 +67,30 @@ class ArchitectureTab:
         """stages_fn(session) -> {"layers": [one dict of stage norms per layer], "rope": {position,
         angles_first_last}} or None: live values for the loaded model (see explorer.views.architecture)."""
         self.lm, self.stages_fn = lm, stages_fn
-        self.loaded = f"Loaded model: {lm.name}"
+        self.loaded = f"{english('arch.loaded')} {lm.name}"
         with gr.Row():
-            self.show = gr.Dropdown([self.loaded, KIMI, CONFIG_FILE], value=self.loaded, label="Show",
-                                    elem_id="arch-show", scale=2)
-            self.path = gr.Textbox(label="config.json path (used with “A config.json”)", elem_id="arch-config-path",
-                                   placeholder="/path/to/model/config.json", scale=2)
-            self.view = gr.Radio(VIEWS, value=VIEWS[0], label="View", elem_id="arch-view", scale=1, min_width=220)
+            shows = [(t("arch.loaded") + f" {lm.name}", self.loaded), (t("arch.kimi"), KIMI),
+                     (t("arch.config_file"), CONFIG_FILE)]
+            self.show = gr.Dropdown(shows, value=self.loaded, label=t("arch.show"), elem_id="arch-show", scale=2)
+            self.path = gr.Textbox(label=t("arch.path"), elem_id="arch-config-path", placeholder=t("arch.path_hint"),
+                                   scale=2)
+            self.view = gr.Radio([(t("arch.blocks"), "Blocks"), (t("arch.rope"), "RoPE")], value=VIEWS[0],
+                                 label=t("arch.view"), elem_id="arch-view", scale=1, min_width=220)
         with gr.Row(visible=True, elem_id="arch-blocks") as self.blocks:
             with gr.Column(scale=6):
                 self.diagram = gr.HTML(elem_id="arch-diagram")
             with gr.Column(scale=4):
                 self.params = gr.Plot(elem_id="arch-params", show_label=False)
                 self.stages = gr.Plot(elem_id="arch-stages", show_label=False, visible=False)
-                gr.Markdown(EXPLAIN)
+                gr.Markdown(t("arch.explain"))
         # the RoPE view: its two figures fill the height left at 1280x720, the words beside them
         with gr.Row(visible=False, elem_id="arch-rope") as self.rope_view:
             self.rope_freqs = gr.Plot(elem_id="arch-rope-freqs", show_label=False, scale=3, min_width=260)
             self.rope_qk = gr.Plot(elem_id="arch-rope-qk", show_label=False, scale=4, min_width=340)
             with gr.Column(scale=3, min_width=250):
                 # 0: the model's own stretch, so that showing another model never carries this one's over
-                self.rope_factor = gr.Dropdown([("Context: the model's own", 0)]
-                                               + [(f"Context: ×{f} trained", f) for f in FACTORS],
+                self.rope_factor = gr.Dropdown([(t("arch.context_own"), 0)]
+                                               + [(t(f"arch.context_x{f}"), f) for f in FACTORS],
                                                value=0, show_label=False, container=False,
                                                elem_id="arch-rope-factor")
                 self.rope_text = gr.HTML(elem_id="arch-rope-text", padding=False)

@@ -12,6 +12,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from explorer.i18n import t
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
 from explorer.views.attention import (attention_map_figure, attention_text_html, grid_figure, hide_first_token,
@@ -21,11 +22,6 @@ from explorer.views.text import token_text
 from model import LanguageModel, Trace
 from model.tokenizer import Tokenizer
 
-EXPLAIN_MLA = ("**Multi-head Latent Attention** (DeepSeek-V3, Kimi-K2): each token's keys and values for all heads "
-               "are expanded from one small latent vector c_t; only c_t and a shared rotary key part are cached.")
-EXPLAIN = ("Each head computes, for every token i, weights over the tokens j ≤ i (softmax of q_i·k_j / √d_head) "
-           "and mixes their values. Row i of a map is token i's attention; rows sum to 1 and the future is masked. "
-           "Many heads park attention on the first token (an **attention sink**): hide it to see the rest.")
 GRID_TILE = 12  # blocks per side of each small map in the overview: a layer's row is about that many pixels tall
 MAP_TOKENS = 160  # the full map shows at most this many tokens, a window around the selected one
 # model-thread time a render may take, past which it adds no more layers to the overview: the model thread is shared
@@ -128,19 +124,22 @@ class AttentionTab:
             with gr.Column(scale=6, min_width=360):
                 self.map = gr.Plot(placeholder(EMPTY_HINT, VIEW_HEIGHT), elem_id="attn-map", show_label=False)
             with gr.Column(scale=4, min_width=300):
-                self.layer = gr.Slider(0, cfg.n_layers - 1, value=0, step=1, label="Layer", elem_id="attn-layer")
+                self.layer = gr.Slider(0, cfg.n_layers - 1, value=0, step=1, label=t("common.layer"),
+                                       elem_id="attn-layer")
                 with gr.Row():
-                    self.heads = ["mean"] + [str(h) for h in range(cfg.n_heads)]
-                    self.head = gr.Dropdown(self.heads, value="mean", label="Head (mean: all heads)",
+                    self.heads = [(t("attention.mean"), "mean")] + [(str(h), str(h)) for h in range(cfg.n_heads)]
+                    self.head = gr.Dropdown(self.heads, value="mean", label=t("attention.head"),
                                             elem_id="attn-head", min_width=120)
-                    self.hide_sink = gr.Checkbox(label="Hide first token (attention sink)", value=False,
+                    self.hide_sink = gr.Checkbox(label=t("attention.hide_sink"), value=False,
                                                  elem_id="attn-hide-sink", min_width=120)
                 self.text = gr.HTML(elem_id="attn-text")
         # Multi-head Latent Attention: the compressed latent the cache keeps
         self.latent = gr.Plot(placeholder(EMPTY_HINT), elem_id="attn-latent", show_label=False,
                               visible=cfg.mla is not None)
         self.grid = gr.Plot(placeholder(EMPTY_HINT), elem_id="attn-grid", show_label=False)
-        gr.Markdown(EXPLAIN + ("\n\n" + EXPLAIN_MLA if cfg.mla is not None else ""))
+        gr.Markdown(t("attention.explain"))
+        if cfg.mla is not None:
+            gr.Markdown(t("attention.explain_mla"))
         # written by assets/attention.js: "open:<layer>:<head>:<nonce>" (a click on the overview) or "more:<nonce>"
         # (the overview is still filling); its input event renders like any control's
         self.pick = gr.Textbox(visible="hidden", elem_id="attn-pick", show_label=False)
@@ -235,4 +234,4 @@ class AttentionTab:
         if view.controls == (s.layer, s.head):
             return [gr.skip(), gr.skip()]
         view.controls = (s.layer, s.head)
-        return [gr.Slider(value=s.layer), gr.Dropdown(self.heads, value=str(s.head))]
+        return [gr.Slider(value=s.layer), gr.Dropdown(value=str(s.head))]

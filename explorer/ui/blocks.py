@@ -15,6 +15,7 @@ from explorer.session import Session
 from explorer.ui.api import (GenerationRequest, api_generate, api_patching, api_stats, check_event_inputs, shown,
                               start_continuation, user_error)
 from explorer.analysis import stage_values
+from explorer.i18n import t
 from explorer.ui.architecture_tab import ArchitectureTab
 from explorer.ui.attention_tab import AttentionTab
 from explorer.ui.common import Limits, model_summary, presentation_fonts
@@ -33,11 +34,12 @@ from model import LanguageModel
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLES = json.loads((ASSETS / "prompts.json").read_text())
 RENDER_SHARE = 8
-TITLE = ("<h1>LLM Explorer</h1><p>Watch a language model write, token by token, and look inside.</p>")
-OUTPUT_HINT = ('<div class="hint">The model\'s text appears here as it writes, each token tinted by its probability. '
-               'Click any token to select it in every view.</div>')
-CHAT_INFO = ("Wraps the prompt as a user's turn of a chat, as the instruct model was trained: it then answers. "
-             "Off: it continues the text as written.")
+TITLE = "<h1>LLM Explorer</h1><p>" + t("app.tagline") + "</p>"
+OUTPUT_HINT = '<div class="hint">' + t("output.hint") + "</div>"
+# the tabs' labels by their titles (ids, which links and lessons name, stay English)
+TAB_LABELS = {"Tokens": "tab.tokens", "Embeddings": "tab.embeddings", "Attention": "tab.attention",
+              "Next token": "tab.next_token", "Logit lens": "tab.logit_lens", "Experts": "tab.experts",
+              "Architecture": "tab.architecture", "Probe": "tab.probe"}
 ENDED_AT_ONCE = (". The model ended at once: an instruct model given a bare text often does. Tick Chat template to "
                  "ask it something, or untick Stop at end-of-text to let it write on.")
 
@@ -89,44 +91,43 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         state = gr.State(lambda: Session(memory=memory), delete_callback=lambda s: setattr(s, "stop_requested", True))
         with gr.Row(elem_id="header", equal_height=True):
             gr.HTML(TITLE, elem_id="title", padding=False)
-            presentation = gr.Checkbox(label="Presentation mode", value=False, elem_id="presentation",
+            presentation = gr.Checkbox(label=t("app.presentation"), value=False, elem_id="presentation",
                                        container=False, scale=0, min_width=170)
             lessons.menu()
             share.link_button()
             gr.HTML(model_summary(lm), elem_id="model-summary", padding=False)
         if lm.random_weights:
-            gr.Markdown("⚠️ **Random weights.** This model was built from its configuration alone: the text it writes "
-                        "is noise, but every shape, attention map and routing decision is computed by the real "
-                        "architecture.", elem_id="random-weights-banner")
+            gr.Markdown(t("app.random_weights"), elem_id="random-weights-banner")
         with gr.Row(elem_id="main", equal_height=False):
             with gr.Column(scale=0, min_width=290, elem_id="controls"):
                 lessons.panel()
-                prompt = gr.Textbox(label="Prompt (Ctrl+Enter generates)", lines=3, max_lines=8, elem_id="prompt",
+                prompt = gr.Textbox(label=t("controls.prompt"), lines=3, max_lines=8, elem_id="prompt",
                                     value=EXAMPLES[0]["prompt"], max_length=limits.max_prompt_tokens * 16)
                 # a menu: picking an example fills the prompt, then the menu empties again (nothing else writes it)
-                examples = gr.Dropdown([e["label"] for e in EXAMPLES], value=None, label="Examples",
+                examples = gr.Dropdown([e["label"] for e in EXAMPLES], value=None, label=t("controls.examples"),
                                        elem_id="examples", interactive=True)
-                chat = gr.Checkbox(label="Chat template", value=False, elem_id="chat", info=CHAT_INFO,
+                chat = gr.Checkbox(label=t("controls.chat"), value=False, elem_id="chat", info=t("controls.chat_info"),
                                    interactive=tok.chat_template is not None)
                 with gr.Row(elem_id="buttons"):
-                    generate = gr.Button("Generate", variant="primary", elem_id="generate", min_width=100)
-                    stop = gr.Button("Stop", variant="secondary", elem_id="stop", interactive=False, min_width=80)
+                    generate = gr.Button(t("controls.generate"), variant="primary", elem_id="generate", min_width=100)
+                    stop = gr.Button(t("controls.stop"), variant="secondary", elem_id="stop", interactive=False,
+                                     min_width=80)
                 status = gr.Markdown("", elem_id="status")
-                with gr.Accordion("Sampling", open=True, elem_id="sampling"):
-                    max_new = gr.Slider(1, limits.max_new_tokens, value=40, step=1, label="Max new tokens",
+                with gr.Accordion(t("controls.sampling"), open=True, elem_id="sampling"):
+                    max_new = gr.Slider(1, limits.max_new_tokens, value=40, step=1, label=t("controls.max_new_tokens"),
                                         elem_id="max-new-tokens")
-                    greedy = gr.Checkbox(label="Greedy (always the most likely token)", value=False,
-                                         elem_id="greedy")
-                    temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature",
+                    greedy = gr.Checkbox(label=t("controls.greedy"), value=False, elem_id="greedy")
+                    temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label=t("controls.temperature"),
                                             elem_id="temperature")
-                    top_k = gr.Slider(0, limits.max_top_k, value=50, step=1, label="Top-k (0 = off)", elem_id="top-k")
-                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label="Top-p", elem_id="top-p")
-                    seed = gr.Number(0, precision=0, label="Seed", elem_id="seed", minimum=0, maximum=2**31 - 1)
+                    top_k = gr.Slider(0, limits.max_top_k, value=50, step=1, label=t("controls.top_k"), elem_id="top-k")
+                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.01, label=t("controls.top_p"), elem_id="top-p")
+                    seed = gr.Number(0, precision=0, label=t("controls.seed"), elem_id="seed", minimum=0,
+                                     maximum=2**31 - 1)
                     # off: the model writes on past an end-of-text token, until max new tokens, the time limit or Stop
-                    stop_at_eos = gr.Checkbox(label="Stop at end-of-text", value=True, elem_id="stop-at-eos")
+                    stop_at_eos = gr.Checkbox(label=t("controls.stop_at_eos"), value=True, elem_id="stop-at-eos")
                 share.panel()
             with gr.Column(scale=1, elem_id="views"):
-                output = gr.HTML(OUTPUT_HINT, elem_id="output", label="Output", padding=False)
+                output = gr.HTML(OUTPUT_HINT, elem_id="output", label=t("output.label"), padding=False)
                 # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position
                 select_token = gr.Button("select", elem_id="select-token")
                 # likewise a click on a candidate of the Next token tab (force it: a branch) and on the branches' bar
@@ -138,7 +139,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                     if lm.config.moe is not None:
                         classes.append(ExpertsTab)
                     for cls in classes + [ArchitectureTab, ProbeTab]:
-                        with gr.Tab(cls.title, id=cls.title, elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
+                        with gr.Tab(t(TAB_LABELS[cls.title]), id=cls.title,
+                                    elem_id=f"tab-{cls.title.lower().replace(' ', '-')}") as tab_block:
                             tab = ArchitectureTab(lm, live_stages(lm)) if cls is ArchitectureTab else cls(lm)
                         tabs[cls.title] = tab
                         tab.block = tab_block

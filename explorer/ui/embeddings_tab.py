@@ -7,14 +7,12 @@ from typing import Any
 import gradio as gr
 
 from explorer.analysis import vocabulary_sample
+from explorer.i18n import t
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
 from explorer.views.embeddings import embedding_projection_figure, neighbours_html, trajectory_figure
 from model import LanguageModel
 
-EXPLAIN = ("Each token id x_i picks row e_i = E[x_i] of the **embedding matrix** E (vocabulary × d_model): that "
-           "vector is what enters the first block. Nearby rows belong to tokens the model treats alike. Below, "
-           "the selected token's vector after each block: the **residual stream** the layers write into.")
 BACKGROUND = 3000
 
 
@@ -29,9 +27,10 @@ class EmbeddingsTab:
                 self.projection = gr.Plot(placeholder(EMPTY_HINT), elem_id="emb-projection", show_label=False)
                 self.trajectory = gr.Plot(placeholder(EMPTY_HINT), elem_id="emb-trajectory", show_label=False)
             with gr.Column(scale=3):  # the view's controls beside it, so the plot starts at the top of the tab
-                self.dims = gr.Radio(["2-D", "3-D"], value="2-D", label="Projection", elem_id="emb-dims")
+                self.dims = gr.Radio([(t("embeddings.2d"), "2-D"), (t("embeddings.3d"), "3-D")], value="2-D",
+                                     label=t("embeddings.projection"), elem_id="emb-dims")
                 self.neighbours = gr.HTML(elem_id="emb-neighbours")
-                gr.Markdown(EXPLAIN)
+                gr.Markdown(t("embeddings.explain"))
         self.outputs = [self.projection, self.trajectory, self.neighbours]
         self.controls = [self.dims]
 

@@ -6,19 +6,13 @@ from typing import Any
 
 import gradio as gr
 
+from explorer.i18n import t
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
 from explorer.views.experts import (expert_choice_figure, expert_load_figure, router_scores_figure,
                                     shared_vs_routed_figure, token_experts_figure)
 from model import LanguageModel
 from model.config import MoEConfig
-
-EXPLAIN = ("In a **Mixture-of-Experts** layer the feed-forward network is split into many small **experts**. "
-           "For every token a **router** scores each routed expert, s_i = sigmoid(u · e_i), and only the **top-k** "
-           "run (top-k routing). The choice adds a per-expert **load-balancing bias** b_i to the scores, but the "
-           "bias is used only for choosing: the weights g_i come from the raw scores, normalised to sum to 1 and "
-           "multiplied by **routed_scaling_factor**. The **shared experts** are always on and see every token. "
-           "The layer's output is shared(x) + Σ g_i · expert_i(x): a token pays for k experts, not all of them.")
 
 
 def model_note(moe: MoEConfig) -> str:
@@ -42,10 +36,10 @@ class ExpertsTab:
         with gr.Row():
             with gr.Column(scale=7):
                 with gr.Row():
-                    self.layer = gr.Dropdown([(f"Layer {i}", i) for i in self.moe_layers], value=self.moe_layers[0],
-                                             label="MoE layer (router scores, load, shared vs routed)",
+                    self.layer = gr.Dropdown([(t("common.layer") + f" {i}", i) for i in self.moe_layers],
+                                             value=self.moe_layers[0], label=t("experts.layer"),
                                              elem_id="experts-layer")
-                    self.load_all = gr.Checkbox(label="Load of every MoE layer", value=False,
+                    self.load_all = gr.Checkbox(label=t("experts.load_all"), value=False,
                                                 elem_id="experts-load-all")
                 self.choice = gr.Plot(placeholder(EMPTY_HINT), elem_id="experts-choice", show_label=False)
                 self.token = gr.Plot(placeholder(EMPTY_HINT), elem_id="experts-token", show_label=False)
@@ -53,8 +47,8 @@ class ExpertsTab:
                 self.load = gr.Plot(placeholder(EMPTY_HINT), elem_id="experts-load", show_label=False)
                 self.shared = gr.Plot(placeholder(EMPTY_HINT), elem_id="experts-shared", show_label=False)
             with gr.Column(scale=3):
-                gr.Markdown(EXPLAIN)
-                gr.Markdown(model_note(lm.config.moe))
+                gr.Markdown(t("experts.explain"))
+                gr.Markdown(model_note(lm.config.moe), elem_id="experts-model-note")  # numbers: English
         self.outputs = [self.choice, self.token, self.scores, self.load, self.shared]
         self.controls = [self.layer, self.load_all]
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 
 import gradio as gr
 
+from explorer.i18n import t
 from explorer.lessons import TABS, Lesson, LessonError, check_against, load_lessons
 from explorer.session import Session
 from explorer.ui.api import GenerationRequest
@@ -62,7 +63,7 @@ class Lessons:
 
     def menu(self) -> gr.Dropdown:
         """The menu, for the title line (hidden when no lesson fits the loaded model)."""
-        choices = [("Lessons…", NONE)] + [(lesson.label, name) for name, lesson in self.lessons.items()]
+        choices = [(t("lessons.menu"), NONE)] + [(lesson.label, name) for name, lesson in self.lessons.items()]
         self.picker = gr.Dropdown(choices, value=NONE, show_label=False, container=False, elem_id="lessons",
                                   scale=0, min_width=210, interactive=True, visible=bool(self.lessons))
         return self.picker
@@ -72,9 +73,10 @@ class Lessons:
         with gr.Column(visible=False, elem_id="lesson-panel") as self.box:
             self.text = gr.HTML(elem_id="lesson-text", padding=False)
             with gr.Row(elem_id="lesson-buttons"):
-                self.prev = gr.Button("◀ Previous", elem_id="lesson-prev", size="sm", min_width=60)
-                self.next = gr.Button("Next ▶", elem_id="lesson-next", size="sm", min_width=60)
-                self.close = gr.Button("Close", elem_id="lesson-close", size="sm", variant="secondary", min_width=40)
+                self.prev = gr.Button(t("lessons.previous"), elem_id="lesson-prev", size="sm", min_width=60)
+                self.next = gr.Button(t("lessons.next"), elem_id="lesson-next", size="sm", min_width=60)
+                self.close = gr.Button(t("lessons.close"), elem_id="lesson-close", size="sm", variant="secondary",
+                                       min_width=40)
 
     def current(self, s: Session) -> Lesson | None:
         return self.lessons.get(s.lesson)

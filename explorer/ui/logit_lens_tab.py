@@ -6,15 +6,11 @@ from typing import Any
 
 import gradio as gr
 
+from explorer.i18n import t
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
 from explorer.views.logit_lens import LensCache, lens_window, logit_lens, logit_lens_figure
 from model import LanguageModel
-
-EXPLAIN = ("The **logit lens** reads the residual stream after every block through the model's own final norm "
-           "and unembedding, as if the model ended there. The input tokens run along the bottom; each cell "
-           "writes the token that layer would predict next, coloured by its probability: watch the answer form "
-           "in the later layers. Select a token to move the window of positions.")
 
 
 class LogitLensTab:
@@ -26,7 +22,7 @@ class LogitLensTab:
             with gr.Column(scale=7):
                 self.heatmap = gr.Plot(placeholder(EMPTY_HINT), elem_id="logit-lens", show_label=False)
             with gr.Column(scale=3):
-                gr.Markdown(EXPLAIN)
+                gr.Markdown(t("logit_lens.explain"))
         self.outputs = [self.heatmap]
 
     def render(self, s: Session) -> list[Any]:

@@ -7,19 +7,13 @@ from typing import Any
 import gradio as gr
 
 from explorer.analysis import prediction_at
+from explorer.i18n import t
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
 from explorer.views.next_token import (given_token_figure, next_token_figure, prompt_token_html,
                                        sampler_summary_html, timeline_figure)
 from explorer.views.text import token_text
 from model import LanguageModel, Step
-
-EXPLAIN = ("At each step the model outputs a probability for every token in the vocabulary, "
-           "p(x_t | x_<t) = softmax(logits). **Temperature** divides the logits (sharper below 1, flatter above), "
-           "**top-k** keeps the k most likely, **top-p** keeps the smallest set with probability mass ≥ p; "
-           "the token is drawn from what is left. The step slider selects that step's token everywhere.\n\n"
-           "**Click a candidate's row** (kept or cut) to force that token at this step: the model writes on from it, "
-           "a branch. The bar above the text switches between branches; the original is kept.")
 
 
 class NextTokenTab:
@@ -32,9 +26,9 @@ class NextTokenTab:
                 self.bars = gr.Plot(placeholder(EMPTY_HINT), elem_id="next-token-bars", show_label=False)
                 self.timeline = gr.Plot(placeholder(EMPTY_HINT), elem_id="next-token-timeline", show_label=False)
             with gr.Column(scale=3):  # the view's controls beside it, so the plot starts at the top of the tab
-                self.step = gr.Slider(1, 2, value=1, step=1, label="Step (generated token)", elem_id="step-slider")
+                self.step = gr.Slider(1, 2, value=1, step=1, label=t("next_token.step"), elem_id="step-slider")
                 self.summary = gr.HTML(elem_id="next-token-summary")
-                gr.Markdown(EXPLAIN)
+                gr.Markdown(t("next_token.explain"))
         self.outputs = [self.step, self.bars, self.timeline, self.summary]
         self.controls = [self.step]
 

@@ -19,6 +19,7 @@ from plotly.offline import get_plotlyjs
 from explorer.branches import Branch
 from explorer.export import (MAX_SESSION_CHARS, parse_link, report_html, session_document, session_json,
                              tokens_csv)
+from explorer.i18n import t
 from explorer.model_thread import drawing
 from explorer.probing import describe, intervention_records
 from explorer.session import Session
@@ -57,17 +58,16 @@ class Share:
         self.lm, self.limits = lm, limits
 
     def link_button(self) -> None:
-        self.copy = gr.Button("Copy link", elem_id="copy-link", size="sm", scale=0, min_width=96)
+        self.copy = gr.Button(t("share.copy_link"), elem_id="copy-link", size="sm", scale=0, min_width=96)
 
     def panel(self) -> None:
-        with gr.Accordion("Save & share", open=False, elem_id="share-panel"):
+        with gr.Accordion(t("share.panel"), open=False, elem_id="share-panel"):
             with gr.Row(elem_id="share-buttons"):
-                self.export = gr.Button("Export", elem_id="export", size="sm", min_width=80)
-                self.import_ = gr.Button("Open a session file…", elem_id="import", size="sm", min_width=150)
-            self.files = gr.File(label="Session (.json), tokens (.csv), report (.html)", file_count="multiple",
+                self.export = gr.Button(t("share.export"), elem_id="export", size="sm", min_width=80)
+                self.import_ = gr.Button(t("share.import"), elem_id="import", size="sm", min_width=150)
+            self.files = gr.File(label=t("share.files"), file_count="multiple",
                                  interactive=False, visible=False, elem_id="export-files")
-            self.message = gr.Markdown("Export saves this run as files; a session file opened here is replayed and "
-                                       "checked token by token.", elem_id="share-message")
+            self.message = gr.Markdown(t("share.intro"), elem_id="share-message")
         # what the page sends: a session file's text (read in the browser: the app takes no uploads), a link's view
         self.file_text = gr.Textbox(visible="hidden", elem_id="import-text")
         self.view_text = gr.Textbox(visible="hidden", elem_id="share-view-text")

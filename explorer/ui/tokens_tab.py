@@ -8,15 +8,13 @@ from typing import Any
 import gradio as gr
 
 from explorer.analysis import sequence_logprobs
+from explorer.i18n import t
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder
 from explorer.views.tokens import FOLLOW_SELECTION_JS, logprob_share_figure, token_chips_html, token_stats_html
 from model import LanguageModel
 
-EXPLAIN = ("Text is cut into **tokens**, pieces from a fixed vocabulary (byte-level BPE). Each chip is one token "
-           "with its id. The model gives every token a probability p(x_t | x_<t); a text's probability is "
-           "their product P = Π p(x_t | x_<t), so log P is a sum: **log P(prompt)** over the prompt, "
-           "**log P(prompt + generated)** over the whole text. Each bar is a token's share, its surprisal −log p.")
+EMPTY_CHIPS = "<p>" + t("common.empty") + "</p>"
 
 
 class TokensTab:
@@ -26,11 +24,11 @@ class TokensTab:
         self.lm = lm
         with gr.Row():
             with gr.Column(scale=7):
-                self.chips = gr.HTML(f"<p>{EMPTY_HINT}</p>", elem_id="token-chips", js_on_load=FOLLOW_SELECTION_JS)
+                self.chips = gr.HTML(EMPTY_CHIPS, elem_id="token-chips", js_on_load=FOLLOW_SELECTION_JS)
                 self.share = gr.Plot(placeholder(EMPTY_HINT), elem_id="token-share", show_label=False)
             with gr.Column(scale=3):
                 self.stats = gr.HTML(elem_id="token-stats")
-                gr.Markdown(EXPLAIN)
+                gr.Markdown(t("tokens.explain"))
         self.outputs = [self.chips, self.share, self.stats]
 
     def logprobs(self, s: Session) -> list[float]:
@@ -42,7 +40,7 @@ class TokensTab:
 
     def render(self, s: Session) -> list[Any]:
         if not s.has_content:
-            return [f"<p>{EMPTY_HINT}</p>", placeholder(EMPTY_HINT), ""]
+            return [EMPTY_CHIPS, placeholder(EMPTY_HINT), ""]
         ids, tok = s.ids, self.lm.tokenizer
         # cut to ids: while a live refresh renders, the generation may add steps after ids was read
         logprobs = self.logprobs(s)[: len(ids) - 1]
