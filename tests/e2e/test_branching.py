@@ -4,7 +4,14 @@ back on the original gives the text exactly as it was, one more the branch again
 on. No error toast, no traceback."""
 from __future__ import annotations
 
+import json
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tests.e2e.conftest import HANG
 from tests.e2e.test_lesson import PROJECTOR, no_errors_on_screen, open_projector, open_tab, set_number, wait_status
+from tests.e2e.test_share import import_file
 
 TOKENS = "() => [...document.querySelectorAll('#output .tokout .tok')].map(t => [+t.dataset.pos, t.innerText])"
 
@@ -23,7 +30,19 @@ def click_row(page, row: int) -> None:
     page.mouse.click(*point)
 
 
-def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots):
+def export_session(page, folder: Path) -> Path:
+    """Export from the Save & share panel; the session file, downloaded."""
+    page.click("#share-panel .label-wrap")
+    page.click("#export")
+    page.wait_for_function("() => document.querySelectorAll('#export-files a').length === 3")
+    href = page.evaluate("() => [...document.querySelectorAll('#export-files a')].map(a => a.href)"
+                         ".find(h => h.includes('session-'))")
+    path = folder / Path(urllib.parse.unquote(href)).name
+    path.write_bytes(urllib.request.urlopen(href, timeout=HANG).read())
+    return path
+
+
+def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots, tmp_path):
     context, page = open_projector(browser, app_url, PROJECTOR)
     shot = lambda name: page.screenshot(path=str(screenshots / f"branching-{name}.png"))
     page.fill("#prompt textarea", "The best way to learn a new language is")
@@ -75,6 +94,24 @@ def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots):
     wait_for_status(page, "Showing", "branch 1")
     page.wait_for_function("() => !!document.querySelector('#output .tok.forced')")
     assert page.evaluate(TOKENS) == branch
+
+    # the session file holds the branch: opened in a fresh page, both come back, the branch shown, the original a
+    # click away
+    saved = export_session(page, tmp_path)
+    document = json.loads(saved.read_text())
+    assert len(document["branches"]) == 1 and document["current_branch"] == 1
+    no_errors_on_screen(page)
+    context.close()
+    context, page = open_projector(browser, app_url, PROJECTOR)
+    message = import_file(page, saved)
+    assert message.startswith("Opened"), message
+    wait_for_status(page, "Opened a session file", "1 branch")
+    page.wait_for_function("(n) => document.querySelectorAll('#output .tokout .tok').length === n", arg=len(branch))
+    assert page.evaluate(TOKENS) == branch and page.locator("#output .tok.forced").count() == 1
+    page.locator('#branch-bar .branch-go[data-branch="0"]').click()
+    wait_for_status(page, "Showing", "the original")
+    page.wait_for_function("() => !document.querySelector('#output .tok.forced')")
+    assert page.evaluate(TOKENS) == original
     no_errors_on_screen(page)
     context.close()
 
