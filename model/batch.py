@@ -11,6 +11,7 @@ import torch
 from .cache import KVCache
 from .decoder import Attention, Block, Decoder
 from .fast.llama_block import OneCallBlock
+from .fast.packed import MAX_PACKED_ROWS
 from .interventions import NO_INTERVENTIONS, Interventions
 from .layers import apply_rope, attention
 from .sampling import SamplerSettings, entropy, sample
@@ -22,9 +23,9 @@ if TYPE_CHECKING:
 # A prompt goes through the model this many tokens at a time, so that a long one does not stall other sequences'
 # tokens (a server runs each chunk as a step of its own); alone or in a batch, a prompt is read in the same chunks.
 PREFILL_CHUNK = 128
-# At most this many sequences share a forward pass (more are split in several): the packed kernels read the
-# weights once for all of them up to this many rows (model/fast/packed.py)
-MAX_ROWS = 32
+# At most this many sequences share a forward pass (more are split in several): up to this many rows, products read
+# the packed kernels, which compute each row alike whatever its companions (model/fast/packed.py)
+MAX_ROWS = MAX_PACKED_ROWS
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from .. import kernels
 
 BLOCK = 32
 KINDS = {gguf.GGMLQuantizationType.Q4_1: "q4_1", gguf.GGMLQuantizationType.Q8_0: "q8_0"}  # what the kernels read
-# Products with at most this many rows read the packed blocks; more rows (prefill, recomputation) use the float32
-# weight: a dense matmul of many rows is bound by arithmetic, not by bytes.
-MAX_PACKED_ROWS = 4
+# Products with at most this many rows read the packed blocks (a batched decoding step: model/batch.py keeps its
+# batches this small, so that each row's numbers are those it gets alone); more rows (prefill, recomputation) use the
+# float32 weight: a dense matmul of many rows is bound by arithmetic, not by bytes.
+MAX_PACKED_ROWS = 16
 
 
 @dataclass(frozen=True)

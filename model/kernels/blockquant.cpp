@@ -139,6 +139,90 @@ AVX512 float q8_0_dot_avx512(const int8_t* q, const float* d, const float* x, in
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+// The same sums for TILE rows of x at once against one weight row: each block of the weight is widened once and used
+// for every row (a batched decoding step reads each weight once, not once a row), and each row's sums are the same
+// operations in the same order as the one-row functions above, so a row's result is the same bits whatever rows it
+// shares a product with.
+constexpr int TILE = 4;
+
+// a Q4_1 block's 32 quants as float32: elements 0..15 (lo) and 16..31 (hi)
+AVX512 inline void q4_1_widen(const uint8_t* q, __m512& lo, __m512& hi) {
+  const __m128i low = _mm_set1_epi8(0x0F);
+  __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, low)));
+  hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), low)));
+}
+
+AVX512 inline void q8_0_widen(const int8_t* q, __m512& a, __m512& c) {
+  const __m128i* p = reinterpret_cast<const __m128i*>(q);
+  a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p)));
+  c = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1)));
+}
+
+AVX512 void q4_1_dots_avx512(const uint8_t* q, const float* d, const float* m, const float* const* x,
+                             const float* const* xsum, int64_t nb, float* out) {
+  __m512 acc0[TILE], acc1[TILE];
+  for (int r = 0; r < TILE; ++r) {
+    acc0[r] = _mm512_setzero_ps();
+    acc1[r] = q4_1_min_avx512(m, xsum[r], nb, _mm512_setzero_ps());
+  }
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    __m512 lo0, hi0, lo1, hi1;
+    q4_1_widen(q + b * 16, lo0, hi0);
+    q4_1_widen(q + (b + 1) * 16, lo1, hi1);
+    const __m512 d0 = _mm512_set1_ps(d[b]), d1 = _mm512_set1_ps(d[b + 1]);
+    for (int r = 0; r < TILE; ++r) {
+      const float *x0 = x[r] + b * BLOCK, *x1 = x0 + BLOCK;
+      acc0[r] = _mm512_fmadd_ps(d0, _mm512_fmadd_ps(hi0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(lo0, _mm512_loadu_ps(x0))), acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(d1, _mm512_fmadd_ps(hi1, _mm512_loadu_ps(x1 + 16), _mm512_mul_ps(lo1, _mm512_loadu_ps(x1))), acc1[r]);
+    }
+  }
+  if (b < nb)
+    for (int r = 0; r < TILE; ++r)
+      acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q4_1_block_avx512(q + b * 16, x[r] + b * BLOCK), acc0[r]);
+  for (int r = 0; r < TILE; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+}
+
+AVX512 void q8_0_dots_avx512(const int8_t* q, const float* d, const float* const* x, int64_t nb, float* out) {
+  __m512 acc0[TILE], acc1[TILE];
+  for (int r = 0; r < TILE; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    __m512 a0, c0, a1, c1;
+    q8_0_widen(q + b * BLOCK, a0, c0);
+    q8_0_widen(q + (b + 1) * BLOCK, a1, c1);
+    const __m512 d0 = _mm512_set1_ps(d[b]), d1 = _mm512_set1_ps(d[b + 1]);
+    for (int r = 0; r < TILE; ++r) {
+      const float *x0 = x[r] + b * BLOCK, *x1 = x0 + BLOCK;
+      acc0[r] = _mm512_fmadd_ps(d0, _mm512_fmadd_ps(c0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(a0, _mm512_loadu_ps(x0))), acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(d1, _mm512_fmadd_ps(c1, _mm512_loadu_ps(x1 + 16), _mm512_mul_ps(a1, _mm512_loadu_ps(x1))), acc1[r]);
+    }
+  }
+  if (b < nb)
+    for (int r = 0; r < TILE; ++r)
+      acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q8_0_block_avx512(q + b * BLOCK, x[r] + b * BLOCK), acc0[r]);
+  for (int r = 0; r < TILE; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+}
+
+AVX512 void bf16_dots_avx512(const uint16_t* w, const float* const* x, int64_t k, float* out) {
+  __m512 acc0[TILE], acc1[TILE];
+  for (int r = 0; r < TILE; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= k; i += 32) {
+    const __m512 w0 = bf16x16_avx512(w + i), w1 = bf16x16_avx512(w + i + 16);
+    for (int r = 0; r < TILE; ++r) {
+      acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r] + i), acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + i + 16), acc1[r]);
+    }
+  }
+  for (int r = 0; r < TILE; ++r) {
+    float tail = 0.f;
+    for (int64_t j = i; j < k; ++j) tail += bf16_value(w[j]) * x[r][j];
+    out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])) + tail;
+  }
+}
+
 #define AVX2 __attribute__((target("avx2,fma")))
 AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -251,22 +335,33 @@ torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   }
   const uint8_t* pq = q.data_ptr<uint8_t>();
   float* py = y.data_ptr<float>();
+  std::vector<const float*> xs(rows), ss(rows);
+  for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k, ss[r] = ps + r * nb;
   at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float *xr = px + r * k, *sr = ps + r * nb;
-      for (int64_t i = begin; i < end; ++i) {
-        const uint8_t* qi = pq + i * (k / 2);
-        const float *di = pd + i * nb, *mi = pm + i * nb;
-        prefetch(qi + PREFETCH_ROWS * (k / 2), k / 2);
-        prefetch(di + PREFETCH_ROWS * nb, nb * 4);
-        prefetch(mi + PREFETCH_ROWS * nb, nb * 4);
+    for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
+      const uint8_t* qi = pq + i * (k / 2);
+      const float *di = pd + i * nb, *mi = pm + i * nb;
+      prefetch(qi + PREFETCH_ROWS * (k / 2), k / 2);
+      prefetch(di + PREFETCH_ROWS * nb, nb * 4);
+      prefetch(mi + PREFETCH_ROWS * nb, nb * 4);
+      int64_t r = 0;
+#ifdef EXPLORER_X86
+      if (ISA == Isa::avx512) {
+        float out[TILE];
+        for (; r + TILE <= rows; r += TILE) {
+          q4_1_dots_avx512(qi, di, mi, &xs[r], &ss[r], nb, out);
+          for (int t = 0; t < TILE; ++t) py[(r + t) * n + i] = out[t];
+        }
+      }
+#endif
+      for (; r < rows; ++r) {
         float v;
 #ifdef EXPLORER_X86
-        if (ISA == Isa::avx512) v = q4_1_dot_avx512(qi, di, mi, xr, sr, nb);
-        else if (ISA == Isa::avx2) v = q4_1_dot_avx2(qi, di, mi, xr, sr, nb);
+        if (ISA == Isa::avx512) v = q4_1_dot_avx512(qi, di, mi, xs[r], ss[r], nb);
+        else if (ISA == Isa::avx2) v = q4_1_dot_avx2(qi, di, mi, xs[r], ss[r], nb);
         else
 #endif
-          v = q4_1_dot_scalar(qi, di, mi, xr, sr, nb);
+          v = q4_1_dot_scalar(qi, di, mi, xs[r], ss[r], nb);
         py[r * n + i] = v;
       }
     }
@@ -282,21 +377,32 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   const float *px = x.data_ptr<float>(), *pd = d.data_ptr<float>();
   const int8_t* pq = q.data_ptr<int8_t>();
   float* py = y.data_ptr<float>();
+  std::vector<const float*> xs(rows);
+  for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k;
   at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = px + r * k;
-      for (int64_t i = begin; i < end; ++i) {
-        const int8_t* qi = pq + i * k;
-        const float* di = pd + i * nb;
-        prefetch(qi + PREFETCH_ROWS * k, k);
-        prefetch(di + PREFETCH_ROWS * nb, nb * 4);
+    for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
+      const int8_t* qi = pq + i * k;
+      const float* di = pd + i * nb;
+      prefetch(qi + PREFETCH_ROWS * k, k);
+      prefetch(di + PREFETCH_ROWS * nb, nb * 4);
+      int64_t r = 0;
+#ifdef EXPLORER_X86
+      if (ISA == Isa::avx512) {
+        float out[TILE];
+        for (; r + TILE <= rows; r += TILE) {
+          q8_0_dots_avx512(qi, di, &xs[r], nb, out);
+          for (int t = 0; t < TILE; ++t) py[(r + t) * n + i] = out[t];
+        }
+      }
+#endif
+      for (; r < rows; ++r) {
         float v;
 #ifdef EXPLORER_X86
-        if (ISA == Isa::avx512) v = q8_0_dot_avx512(qi, di, xr, nb);
-        else if (ISA == Isa::avx2) v = q8_0_dot_avx2(qi, di, xr, nb);
+        if (ISA == Isa::avx512) v = q8_0_dot_avx512(qi, di, xs[r], nb);
+        else if (ISA == Isa::avx2) v = q8_0_dot_avx2(qi, di, xs[r], nb);
         else
 #endif
-          v = q8_0_dot_scalar(qi, di, xr, nb);
+          v = q8_0_dot_scalar(qi, di, xs[r], nb);
         py[r * n + i] = v;
       }
     }
@@ -314,19 +420,30 @@ torch::Tensor bf16_matmul(const torch::Tensor& x, const torch::Tensor& w) {
   const float* px = x.data_ptr<float>();
   const uint16_t* pw = reinterpret_cast<const uint16_t*>(w.data_ptr<int16_t>());
   float* py = y.data_ptr<float>();
+  std::vector<const float*> xs(rows);
+  for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k;
   at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = px + r * k;
-      for (int64_t i = begin; i < end; ++i) {
-        const uint16_t* wi = pw + i * k;
-        prefetch(wi + PREFETCH_ROWS * k, k * 2);
+    for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
+      const uint16_t* wi = pw + i * k;
+      prefetch(wi + PREFETCH_ROWS * k, k * 2);
+      int64_t r = 0;
+#ifdef EXPLORER_X86
+      if (ISA == Isa::avx512) {
+        float out[TILE];
+        for (; r + TILE <= rows; r += TILE) {
+          bf16_dots_avx512(wi, &xs[r], k, out);
+          for (int t = 0; t < TILE; ++t) py[(r + t) * n + i] = out[t];
+        }
+      }
+#endif
+      for (; r < rows; ++r) {
         float v;
 #ifdef EXPLORER_X86
-        if (ISA == Isa::avx512) v = bf16_dot_avx512(wi, xr, k);
-        else if (ISA == Isa::avx2) v = bf16_dot_avx2(wi, xr, k);
+        if (ISA == Isa::avx512) v = bf16_dot_avx512(wi, xs[r], k);
+        else if (ISA == Isa::avx2) v = bf16_dot_avx2(wi, xs[r], k);
         else
 #endif
-          v = bf16_dot_scalar(wi, xr, k);
+          v = bf16_dot_scalar(wi, xs[r], k);
         py[r * n + i] = v;
       }
     }

@@ -21,10 +21,10 @@ from model.batch import Decoding
 HANG = 120.0
 NEVER = 1e9
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village by the sea, there lived an old",
-           "def fibonacci(n):", "Water boils at"]
+           "def fibonacci(n):", "Water boils at", "My favourite colour is", "In 1969, the first people to walk on"]
 GREEDY = dict(greedy=True)
 SEEDED = [dict(temperature=1.0, top_k=50, top_p=0.95, seed=7), dict(temperature=0.8, seed=1),
-          dict(temperature=1.2, top_p=0.9, seed=123)]
+          dict(temperature=1.2, top_p=0.9, seed=123), dict(temperature=0.7, top_k=5, seed=9)]
 
 
 @pytest.fixture
@@ -87,13 +87,13 @@ def passes_with(events: list[tuple], g: Generation) -> list[int]:
     return [len(ds) for kind, ds in events if kind == "advance" and g.decoding in ds]
 
 
-@pytest.mark.parametrize("companions", [1, 3])
+@pytest.mark.parametrize("companions", [1, 3, 5])
 @pytest.mark.parametrize("sampler", ["greedy", "seeded"])
 def test_a_generation_decodes_alike_alone_and_with_companions(embedded_lm, log, companions, sampler):
     lm = embedded_lm
     mine = settings(14, **(GREEDY if sampler == "greedy" else SEEDED[0]))
     want, want_trace = alone(lm, PROMPTS[0], mine, record=True)
-    others = [settings(10 + 4 * i, **(SEEDED[i + 1] if i < 2 else GREEDY)) for i in range(companions)]
+    others = [settings(10 + 4 * i, **(SEEDED[1 + i % 3] if i % 2 == 0 else GREEDY)) for i in range(companions)]
     release = held_model_thread()
     g = Generation(lm, lm.prompt_ids(PROMPTS[0]), mine, NEVER, record=True)
     rest = [Generation(lm, lm.prompt_ids(p), s, NEVER, record=i == 0) for i, (p, s) in enumerate(zip(PROMPTS[1:], others))]

@@ -110,3 +110,38 @@ def test_one_token_prompts_and_companions_at_other_lengths(lm):
     got = together(lm, requests, joins=[0, 2])
     for g, r in zip(got, requests):
         same_steps(g, alone(lm, r))
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0", "bf16"])
+def test_packed_products_give_each_row_the_same_bits_whatever_its_companions(kind):
+    """What makes a batched step on the kernels exact: a row's product is computed alike alone or among others (the
+    tiles of several rows and the one-row path included), on every instruction set this CPU has."""
+    kernels = pytest.importorskip("model.kernels")
+    ext = kernels.extension()
+    if ext is None:
+        pytest.skip(f"no compiled kernels: {kernels.error()}")
+    from model.fast.packed import PackedWeight
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 70, 96
+    if kind == "bf16":
+        w = PackedWeight("bf16", torch.randn(n, k, generator=g).to(torch.bfloat16).view(torch.int16), None, None)
+    elif kind == "q4_1":
+        w = PackedWeight("q4_1", torch.randint(0, 256, (n, k // 2), generator=g, dtype=torch.uint8),
+                         torch.rand(n, k // 32, generator=g), torch.randn(n, k // 32, generator=g))
+    else:
+        w = PackedWeight("q8_0", torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8),
+                         torch.rand(n, k // 32, generator=g), None)
+    x = torch.randn(11, k, generator=g)
+    try:
+        for isa in ("scalar", "avx2", "avx512"):
+            try:
+                ext.use_isa(isa)
+            except RuntimeError:  # this CPU lacks it
+                continue
+            together = w.matmul(x)
+            assert torch.equal(together, torch.cat([w.matmul(x[i : i + 1]) for i in range(len(x))])), isa
+            assert torch.equal(together[3:9], w.matmul(x[3:9])), isa
+            close(together, x @ w.dequantize().T, 1e-5, f"{kind} on {isa}")
+    finally:
+        ext.use_isa("best")
