@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
@@ -83,12 +84,12 @@ def replica_threads(n_replicas: int) -> int:
     return max(1, (os.cpu_count() or 1) // n_replicas)
 
 
-def start_replica(port: int, app_args: list[str], threads: int) -> subprocess.Popen:
+def start_replica(port: int, app_args: list[str], threads: int, output: IO | None = None) -> subprocess.Popen:
     """One app.py on 127.0.0.1:port with this many torch threads (unless OMP_NUM_THREADS says), its output on this
-    terminal."""
+    terminal or to `output`."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     return subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                             *app_args], cwd=ROOT, env=env)
+                             *app_args], cwd=ROOT, env=env, stdout=output, stderr=output)
 
 
 def wait_serving(proc: subprocess.Popen, url: str) -> None:
