@@ -9,6 +9,7 @@ that asked for it (drawing() keeps torch there to one OpenMP thread, so no team 
 recomputes with the model here (Recomputing), so that another session waits at most that long for its next token."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -76,13 +77,33 @@ class Recomputing:
     """A Trace whose recomputations with the model (a layer's attention, a block's internals, logits) run on the model
     thread, each one task; the rest of the Trace (ids, residual stream, ...) reads as usual."""
 
-    ON_MODEL_THREAD = frozenset({"attention", "internals", "routing", "latent", "logits_at"})
+    ON_MODEL_THREAD = frozenset({"internals", "routing", "latent", "logits_at"})
+    # a layer's attention map is computed this many query-key pairs (per head) at a time, each part a task of its own:
+    # at 1,200 tokens the whole map is a few hundred milliseconds of the model thread, a part a few tens
+    ATTENTION_PART = 192 * 1024
 
     def __init__(self, trace: Any) -> None:
         self.trace = trace
 
     def __len__(self) -> int:
         return len(self.trace)
+
+    def attention(self, layer: int) -> torch.Tensor:
+        """trace.attention(layer), [H, T, T], computed in parts of rows (the later rows see more keys, so they come
+        in fewer per part), so that another session's next token waits for one part, not the whole map."""
+        n = len(self.trace)
+        if n * n <= 2 * self.ATTENTION_PART:
+            return MODEL_THREAD.run(self.trace.attention, layer)
+        parts, start = [], 0
+        while start < n:
+            rows = int((math.sqrt(start * start + 4 * self.ATTENTION_PART) - start) / 2)  # rows * (start + rows)
+            stop = min(n, start + max(16, rows))
+            parts.append((start, stop, MODEL_THREAD.run(self.trace.attention, layer, start, stop)))
+            start = stop
+        whole = torch.zeros(parts[0][2].shape[0], n, n)
+        for start, stop, rows in parts:
+            whole[:, start:stop, :stop] = rows
+        return whole
 
     @property
     def logits(self) -> Any:

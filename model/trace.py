@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .cache import KVCache
 from .decoder import BlockInternals, Decoder
 from .interventions import NO_INTERVENTIONS, Interventions
 
@@ -122,12 +123,27 @@ class Trace:
         return self.logits_at(slice(None))
 
     @torch.inference_mode()
-    def attention(self, layer: int) -> torch.Tensor:
-        """[n_heads, T, T] float32: row i is what token i attends to; rows sum to 1; zero above the diagonal."""
+    def attention(self, layer: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """[n_heads, T, T] float32: row i is what token i attends to; rows sum to 1; zero above the diagonal.
+        With start / stop, only rows start..stop-1 ([n_heads, stop - start, stop]: a query sees no key after it): the
+        keys and values of the positions before start are computed first (as a KV cache holds them), so a long
+        context's map can be computed a few rows at a time, each part a fraction of the whole's work."""
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
-        h = self._on_device(self.residual[layer])[None]  # interventions act after the softmax: none apply here
-        return self.decoder.attention_probs(layer, h)[0].float().cpu()
+        stop = len(self) if stop is None else stop
+        if not 0 <= start < stop <= len(self):
+            raise IndexError(f"rows {start}..{stop} out of range 0..{len(self)}")
+        h = self._on_device(self.residual[layer][:stop])[None]  # interventions act after the softmax: none apply here
+        if start == 0:
+            return self.decoder.attention_probs(layer, h)[0].float().cpu()
+        block, decoder = self.decoder.blocks[layer], self.decoder
+        x = block.attn_norm(h)
+        positions = torch.arange(stop, device=h.device)
+        cache = KVCache(self.n_layers, initial_capacity=stop)
+        block.attn(x[:, :start], positions[:start], decoder.rope(positions[:start], h.dtype), cache)  # keys before
+        cache.advance(start)
+        rows = positions[start:]
+        return block.attn(x[:, start:], rows, decoder.rope(rows, h.dtype), cache, need_probs=True)[1][0].float().cpu()
 
     @property
     def moe_layers(self) -> list[int]:

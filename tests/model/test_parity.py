@@ -53,6 +53,20 @@ def test_every_internal_of_every_block_matches(pair):
         close(inside.attn_probs[0], ref.attentions[layer][0], ATTN_TOL, f"layer {layer} attn_probs")
 
 
+def test_attention_computed_a_few_rows_at_a_time_is_the_whole_map(pair):
+    """Rows start..stop of a layer's map, computed over the keys before them (as the app splits a long context's
+    map into short tasks): transformers' rows, and nothing after the diagonal."""
+    hf, lm = pair
+    ref = capture(hf, IDS)
+    trace = lm.trace(IDS)
+    for layer in range(lm.config.n_layers):
+        for start, stop in ((0, 4), (4, 9), (9, len(IDS)), (13, len(IDS))):
+            rows = trace.attention(layer, start, stop)
+            assert rows.shape == (lm.config.n_heads, stop - start, stop)
+            close(rows, ref.attentions[layer][0][:, start:stop, :stop], ATTN_TOL, f"attention {layer} {start}:{stop}")
+            assert torch.all(ref.attentions[layer][0][:, start:stop, stop:] == 0)
+
+
 def test_attention_rows_are_causal_distributions(pair):
     _, lm = pair
     probs = lm.trace(IDS).attention(0)
