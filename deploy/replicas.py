@@ -128,7 +128,9 @@ def main() -> None:
     args, app_args = ap.parse_known_args()
     ports = [args.first_replica_port + i for i in range(args.replicas)]
     threads = replica_threads(args.replicas)
-    # Ctrl+C reaches every process of the terminal's group; a plain `kill` of this one stops the others too
+    # Ctrl+C reaches every process of the terminal's group (and interrupts this one even when a shell started it in
+    # the background, with SIGINT ignored); a plain `kill` of this one stops the others too
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupted)
     procs: list[subprocess.Popen] = []
     try:
