@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -24,13 +25,13 @@ def main() -> None:
     args = ap.parse_args()
     ports = [free_port() for _ in range(args.replicas)]
     procs: list[subprocess.Popen] = []
+    run_dir = Path(tempfile.mkdtemp(prefix="explorer-nginx-"))
     try:
         with open(os.devnull, "w") as quiet:
             procs += [start_replica(port, [], replica_threads(args.replicas), output=quiet) for port in ports]
         for proc, port in zip(procs, ports):
             wait_serving(proc, f"http://127.0.0.1:{port}/")
         listen = free_port()
-        run_dir = Path(tempfile.mkdtemp(prefix="explorer-nginx-"))
         procs.append(start_nginx(render_config(f"127.0.0.1:{listen}", [f"127.0.0.1:{p}" for p in ports], run_dir),
                                  run_dir, listen))
         url = f"http://127.0.0.1:{listen}/"
@@ -48,6 +49,7 @@ def main() -> None:
               f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         stop(procs)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
