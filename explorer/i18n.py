@@ -1,7 +1,6 @@
-"""Every word of the UI's chrome (tab names, labels, info texts, hints, the explanations beside the views) in English and
-French, served through Gradio's own i18n (gr.I18n, passed to launch): a component gets a key, t("controls.generate"),
-and the browser's language picks the text, English where the language is neither. What handlers compute per request
-(status lines, plots, the views' HTML) stays English."""
+"""The UI's words (tab names, labels, info texts, hints, the views' explanations) in English and French, served by
+Gradio's i18n (gr.I18n, passed to launch): a component gets a key, t("controls.generate"), and the browser's language
+picks the text, else English. What handlers compute per request (status lines, plots, views' HTML) stays English."""
 from __future__ import annotations
 
 import re
@@ -52,8 +51,8 @@ TEXTS: dict[str, dict[str, str]] = {
     "output.hint": {
         "en": "The model's text appears here as it writes, each token tinted by its probability. Click any token to "
               "select it in every view.",
-        "fr": "Le texte du modèle s'affiche ici au fil de l'écriture, chaque token teinté selon sa probabilité. Cliquez "
-              "sur un token pour le sélectionner dans toutes les vues."},
+        "fr": "Le texte du modèle s'affiche ici au fil de l'écriture, chaque token teinté selon sa probabilité. "
+              "Cliquez sur un token pour le sélectionner dans toutes les vues."},
     "common.empty": {"en": "Type a prompt and press Generate", "fr": "Saisissez un prompt et cliquez sur Générer"},
     "common.layer": {"en": "Layer", "fr": "Couche"},
     # the tabs (their ids, explorer/ui/*_tab.py's titles, stay English: links and lessons name them)
@@ -210,8 +209,9 @@ def _typeset(language: str, text: str) -> str:
     return _FRENCH_SPACE.sub(lambda m: f"\u00a0{m[1]}" if m[1] else f"{m[2]}\u00a0", text)
 
 
-I18N = gr.I18n(**{language: {key: _typeset(language, texts[language]) for key, texts in TEXTS.items()}
-                  for language in LANGUAGES})
+# a text missing in a language shows in English there (tests/unit/test_i18n.py finds it)
+I18N = gr.I18n(**{language: {key: _typeset(language, texts[language]) for key, texts in TEXTS.items()
+                             if language in texts} for language in LANGUAGES})
 
 
 def t(key: str) -> I18nData:

@@ -75,6 +75,8 @@ def finish_message(reason: str | None, n_tokens: int, rate: float, time_limit: f
 
 
 def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
+    """The explorer's page. Its texts are keys of explorer/i18n.py: launch it with i18n=I18N (app.py does), without
+    which the page shows the keys themselves."""
     tok = lm.tokenizer
 
     def render_output(s: Session) -> str:

@@ -1,5 +1,5 @@
-"""The page in the browser's language (Gradio's i18n, explorer/i18n.py): a French browser sees the tabs, buttons, labels,
-hints and explanations in French on a 1280x720 projector, with nothing cut, generates a few tokens without an error
+"""The page in the browser's language (Gradio's i18n, explorer/i18n.py): a French browser sees the tabs, buttons,
+labels, hints and explanations in French on a 1280x720 projector, with nothing cut, generates a few tokens without an error
 toast or a traceback; a German browser (a language the app lacks) sees English."""
 from __future__ import annotations
 
