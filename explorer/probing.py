@@ -13,12 +13,14 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from model import AttentionAblation, ExpertAblation, HeadAblation, Intervention, Interventions, MLPAblation
+from model.cache import KVCache
 from model.config import ModelConfig
 from model.trace import Trace
 
 # rows x tokens x layers a patching task computes at most: about what one chunk of a context's trace computes (32
 # tokens through 30 layers, session.TRACE_CHUNK), so that other sessions' tokens go between the tasks of a sweep
 TASK_TOKEN_LAYERS = 1024
+ABLATE_CHUNK = 64  # positions an ablation's task runs through the blocks at a time
 # a sweep is n_layers x T runs of T tokens: at 32 tokens, 960 runs (minutes on a CPU; bench/probing.py measures)
 PATCH_MAX_TOKENS = 32
 MAX_INTERVENTIONS = 64  # in one request: more is no experiment anyone runs by hand
@@ -78,21 +80,42 @@ class Ablation:
         return int((self.after > self.after[self.top_id]).sum()) + 1
 
 
-@torch.inference_mode()
 def ablate(trace: Trace, position: int, items: Sequence[Intervention]) -> Ablation:
     """The distribution after `position` with the interventions added to those that made the trace; blocks before
     the first layer they touch are read from the trace."""
+    *_, result = ablate_in_parts(trace, position, items, chunk=len(trace))
+    return result
+
+
+def ablate_in_parts(trace: Trace, position: int, items: Sequence[Intervention], chunk: int = ABLATE_CHUNK
+                    ) -> Iterator[Ablation | None]:
+    """ablate(), `chunk` positions at a time through the blocks from the first one the interventions touch, over a
+    KV cache (as a prompt is read): each next() runs one chunk and yields None, the last yields the Ablation. A
+    server runs each next() as a task of its own, so a long context's ablation never holds its model thread long."""
     if not 0 <= position < len(trace):
         raise ValueError(f"position must be 0..{len(trace) - 1}, got {position}")
     before = next_token_logprobs(trace, position)
     items = tuple(items)
     if not items:
-        return Ablation(position, items, before, before)
-    interventions = Interventions.of([*trace.interventions, *items], trace.decoder.config)
+        yield Ablation(position, items, before, before)
+        return
+    decoder = trace.decoder
+    interventions = Interventions.of([*trace.interventions, *items], decoder.config)
     start = min(item.layer for item in items)
-    h = trace.residual[start, : position + 1][None]  # [1, T, d] entering block `start`
-    after = torch.log_softmax(run_from(trace, start, h, interventions)[0], dim=-1)
-    return Ablation(position, items, before, after)
+    cache = KVCache(decoder.config.n_layers, initial_capacity=position + 1)
+    with torch.inference_mode():
+        for a in range(0, position + 1, chunk):
+            b = min(position + 1, a + chunk)
+            h = _tensor(trace, trace.residual[start, a:b][None])  # [1, b - a, d] entering block `start`
+            positions = torch.arange(a, b, device=h.device)
+            rope = decoder.rope(positions, h.dtype)
+            for block in decoder.blocks[start:]:
+                h = block(h, positions, rope, cache, None, interventions)
+            cache.advance(b - a)
+            if b <= position:
+                yield None
+        after = torch.log_softmax(decoder.unembed(h[:, -1]).float().cpu()[0], dim=-1)
+    yield Ablation(position, items, before, after)
 
 
 def describe(items: Sequence[Intervention]) -> str:

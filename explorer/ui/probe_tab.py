@@ -12,8 +12,8 @@ import gradio as gr
 import numpy as np
 
 from explorer.model_thread import MODEL_THREAD, drawing
-from explorer.probing import (PATCH_MAX_TOKENS, PatchingMap, ablate, describe, lens_probs, patched_logprobs,
-                              patching_pair, patching_sweep)
+from explorer.probing import (PATCH_MAX_TOKENS, PatchingMap, ablate_in_parts, describe, lens_probs,
+                              patched_logprobs, patching_pair, patching_sweep)
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder, presentation_fonts
 from explorer.views import style
@@ -193,7 +193,7 @@ class ProbeTab:
                     placeholder(EMPTY_HINT, style.VIEW_HEIGHT)]
         position = s.position(trace)
         result = s.cached(("probe-ablation", len(trace), position, items),
-                          lambda: MODEL_THREAD.run(ablate, trace.trace, position, items))
+                          lambda: self.ablation(trace.trace, position, items))
         tok = self.lm.tokenizer
         description = describe(items)
         if s.context_interventions:
@@ -203,6 +203,14 @@ class ProbeTab:
             summary += "<p class=\"probe-on\">The next generation runs with this ablation.</p>"
         return [ablation_figure(result, tok, description), (sentence(problem) if problem else "") + summary,
                 *controls, presentation_fonts(self.picker_view(s, trace, position), s.presentation)]
+
+    @staticmethod
+    def ablation(trace: Trace, position: int, items: tuple) -> Any:
+        """ablate() as model-thread tasks of a chunk of positions each: other sessions' tokens go between them."""
+        parts = ablate_in_parts(trace, position, items)
+        while (result := MODEL_THREAD.run(next, parts)) is None:
+            pass
+        return result
 
     def picker_view(self, s: Session, trace: Any, position: int) -> Any:
         """The grid the kind of ablation picks from: layers x heads, layers x experts (coloured by the router's

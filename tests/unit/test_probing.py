@@ -40,6 +40,17 @@ def test_ablation_from_its_layer_equals_the_core_from_the_first_block(pair, item
     torch.testing.assert_close(result.before, core_logprobs(lm, trace.ids.tolist(), [], position), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("item", [HeadAblation(3, 2), MLPAblation(5)])
+def test_an_ablation_in_parts_of_positions_is_the_core_run(pair, item):
+    """A long context's ablation runs a few positions a task through a KV cache; the result is the core's."""
+    lm, trace, _ = pair
+    position = len(trace) - 1
+    parts = list(probing.ablate_in_parts(trace, position, [item], chunk=3))
+    assert parts[:-1] == [None] * ((position + 1 + 2) // 3 - 1) and parts[-1] is not None
+    expected = core_logprobs(lm, trace.ids.tolist(), [item], position)
+    torch.testing.assert_close(parts[-1].after, expected, atol=1e-4, rtol=0)
+
+
 def test_ablating_the_first_mlp_moves_the_distribution(pair):
     _, trace, _ = pair
     result = probing.ablate(trace, len(trace) - 1, [MLPAblation(0)])
