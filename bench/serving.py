@@ -1,14 +1,21 @@
 """Serving benchmarks against the real app: cold start (process start to ready), and N simultaneous sessions
-through gradio_client (aggregate tokens/s, p95 time to first token, errors). Run: .venv/bin/python -m bench.serving"""
+through gradio_client (aggregate tokens/s, p95 time to first token, errors); first, in the same run, the core's own
+decoding of 1 and of 16 sequences at once (model/batch.py), and the share of the machine's float32 matmul rate
+that 16 reach. Run: .venv/bin/python -m bench.serving"""
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
 
+import torch
 from gradio_client import Client
 
+from bench.core import median_time
+from model import load_model
+from model.batch import advance
 from tests.e2e.conftest import start_app
 
 
@@ -29,6 +36,35 @@ def cold_start(repeats: int) -> list[float]:
         proc.terminate()
         proc.wait(timeout=20)
     return times
+
+
+def core_rates(lm, tokens: int, batches: tuple[int, ...] = (1, 16)) -> dict[int, float]:
+    """Tokens/s of the core decoding `b` sequences at once (each prompt read first), greedy, no recording."""
+
+    def run(b: int) -> None:
+        ds = [lm.decoding(f"Story number {i}: once upon a time", max_new_tokens=tokens, greedy=True,
+                          stop_at_eos=False) for i in range(b)]
+        while not all(d.finished for d in ds):
+            for d in ds:
+                while d.prefilling:
+                    d.prefill()
+            ready = [d for d in ds if d.ready]
+            if ready:
+                advance(ready)
+            for d in ds:
+                if d.logits is not None:
+                    d.sample()
+
+    run(2)  # warm-up
+    return {b: b * tokens / median_time(lambda: run(b), 3) for b in batches}
+
+
+def matmul_flops(n: int = 2048) -> float:
+    """The float32 multiply-adds per second (x2) torch reaches on a large square product: the machine's peak, in
+    practice."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / median_time(lambda: a @ b, 5)
 
 
 def sessions(url: str, n: int, tokens: int) -> dict:
@@ -69,14 +105,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--sessions", default="1,4,16")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="cold starts to time (0: none)")
+    ap.add_argument("--max-concurrent", type=int, default=16,
+                    help="the app's EXPLORER_MAX_CONCURRENT: how many generations Gradio runs at once (the rest "
+                         "queue), so how many a decoding step can batch")
     args = ap.parse_args()
-    starts = cold_start(args.repeats)
-    print(f"cold start to ready (s): median {statistics.median(starts):.2f}  ({', '.join(f'{t:.2f}' for t in starts)})")
+    os.environ["EXPLORER_MAX_CONCURRENT"] = str(args.max_concurrent)  # the apps started below inherit it
+    lm = load_model(device="cpu", dtype="float32")
+    rates = core_rates(lm, args.tokens)
+    params = sum(p.numel() for p in lm.decoder.parameters())  # a token costs about 2 flops per parameter
+    peak = matmul_flops()
+    del lm
+    print(f"core decode (tok/s): 1 sequence {rates[1]:.1f}, 16 at once {rates[16]:.1f} "
+          f"({rates[16] / rates[1]:.1f}x); 16 at once reach {rates[16] * 2 * params / peak:.0%} of the "
+          f"float32 matmul rate torch gets here ({peak / 1e9:.0f} GFLOP/s)")
+    if args.repeats:
+        starts = cold_start(args.repeats)
+        print(f"cold start to ready (s): median {statistics.median(starts):.2f}  "
+              f"({', '.join(f'{t:.2f}' for t in starts)})")
     proc, url = start_app()
     try:
         Client(url, verbose=False).predict(prompt="warm up", max_new_tokens=2, api_name="/generate")
-        print(f"\n{'sessions':>8} {'tok/s (all)':>12} {'p95 first token (s)':>20} {'errors':>7} {'wall (s)':>9}")
+        print(f"\napp with EXPLORER_MAX_CONCURRENT={args.max_concurrent}")
+        print(f"{'sessions':>8} {'tok/s (all)':>12} {'p95 first token (s)':>20} {'errors':>7} {'wall (s)':>9}")
         for n in (int(x) for x in args.sessions.split(",")):
             r = sessions(url, n, args.tokens)
             print(f"{r['n']:>8} {r['tok_s']:>12.1f} {r['p95_first']:>20.2f} {r['errors']:>7} {r['wall']:>9.1f}")

@@ -1,9 +1,9 @@
 """The scheduler of the running generations (explorer/generations.py): one task at a time on the model thread, each
 a step that advances every running generation, renders and other model-thread tasks going between steps. A step:
-stop requests end their generation at once; one chunk of the oldest prompt still being read (so a long prompt never
-stalls the others for long); one forward pass for every generation ready for its next token (model/batch.py); each
-of them samples its token with its own generator. A generation that ends leaves at once; a new one joins the next
-step."""
+stop requests end their generation at once; prompts still being read, oldest first, up to PREFILL_CHUNK tokens (so
+a long prompt, read a chunk a step, never stalls the others for long); one forward pass for every generation ready
+for its next token (model/batch.py); each of them samples its token with its own generator. A generation that ends
+leaves at once; a new one joins the next step."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Protocol
 
 from explorer.model_thread import MODEL_THREAD, ModelThread
-from model.batch import Decoding, advance
+from model.batch import PREFILL_CHUNK, Decoding, advance
 
 
 class Member(Protocol):
@@ -71,9 +71,11 @@ class Batcher:
         for m in members:
             if not m.ended and m.decoding is None:
                 _guarded(m, m.advance_alone)
-        prefilling = [m for m in members if not m.ended and m.decoding is not None and m.decoding.prefilling]
-        if prefilling:
-            _guarded(prefilling[0], prefilling[0].decoding.prefill)
+        budget = PREFILL_CHUNK  # prompt tokens a step reads: several short prompts, or one chunk of a long one
+        for m in members:
+            if budget > 0 and not m.ended and m.decoding is not None and m.decoding.prefilling:
+                budget -= min(len(m.decoding.pending), m.decoding.chunk)
+                _guarded(m, m.decoding.prefill)
         by_model = defaultdict(list)
         for m in members:
             if not m.ended and m.decoding is not None and m.decoding.ready:
