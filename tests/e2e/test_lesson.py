@@ -12,9 +12,12 @@ import pytest
 from tests.e2e.conftest import HANG, open_page, running_app
 
 PROJECTOR = {"width": 1280, "height": 720}
-# a run long enough that it cannot end by itself while every tab is opened in turn (at the default cap of 256 tokens a
-# fast machine finished it before the last tab); the lesson stops it
-LONG_RUN = 1000
+# a run that cannot end by itself while every tab is opened in turn, however slow the machine (200 tokens ended
+# before the last tab on a fast one, 1,000 on a loaded one): 4,000 tokens allowed, no time limit within the test's
+# reach; the lesson stops it
+LONG_RUN = 4000
+LONG_RUNS = {"EXPLORER_MAX_NEW_TOKENS": str(LONG_RUN), "EXPLORER_MAX_CONTEXT": str(LONG_RUN + 200),
+             "EXPLORER_TIME_LIMIT_SECONDS": "3600"}
 # each tab, the element that is its view (it must be on the first screen with the text), and a test in the page that
 # it shows the selected position p
 VIEWS = {
@@ -132,7 +135,7 @@ def click_bar(page, selector: str, x_value: float) -> None:
 
 @pytest.fixture(scope="module")
 def long_runs_app():
-    with running_app(env={"EXPLORER_MAX_NEW_TOKENS": str(LONG_RUN)}) as url:
+    with running_app(env=LONG_RUNS) as url:
         yield url
 
 

@@ -197,18 +197,19 @@ def test_the_forced_step_shows_its_steps_distribution_with_the_forced_and_the_dr
     assert "Forced" in summary and "had cut it" in summary and style.token_label(tok.decode([8]), 24) in summary
 
 
-def test_a_branch_or_an_ablated_run_is_not_exported_as_if_it_were_the_original(session):
-    """A version-1 session file holds the original run only: written from a branch or an ablated run it would be
-    refused when opened (the replay writes another text), so export says why instead."""
+def test_export_waits_for_the_end_of_a_generation_and_takes_branches_and_ablations(session):
+    """A version-2 session file holds the branches and the ablations (tests/integration/test_session_branches.py
+    replays them): export refuses only a running generation or an empty session."""
+    from explorer.session import Session
     from explorer.ui.share import export_refusal
     from model import HeadAblation
 
     s = session
     assert export_refusal(s) is None
     s.fork(N_PROMPT + 2, 10, "<10>")
+    assert "wait until the generation ends" in export_refusal(s)  # the branch's continuation is running
     s.generating = False
-    assert "branches" in export_refusal(s)
-    s.switch_branch(0)
-    assert export_refusal(s) is None  # the original, whose branches the message then says are not saved
+    assert export_refusal(s) is None
     s.context_interventions = (HeadAblation(0, 0),)
-    assert "ablation" in export_refusal(s)
+    assert export_refusal(s) is None
+    assert "generate some text first" in export_refusal(Session())
