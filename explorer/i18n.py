@@ -8,6 +8,7 @@ import re
 import gradio as gr
 from gradio.i18n import I18nData
 
+from explorer.probing import PATCH_MAX_TOKENS
 from explorer.views.rope import FACTORS
 
 LANGUAGES = ("en", "fr")
@@ -195,6 +196,53 @@ TEXTS: dict[str, dict[str, str]] = {
         "fr": "Exporter enregistre cette génération dans des fichiers ; un fichier de session ouvert ici est rejoué "
               "et vérifié token par token."},
 }
+# the Probe tab's ablation, comparison and patching (its explanation of patching names the token cap: see below)
+TEXTS.update({
+    "probe.ablate_tab": {"en": "Ablate", "fr": "Ablation"},
+    "probe.kind": {"en": "Ablate", "fr": "Retirer"},
+    "probe.kind_head": {"en": "Head", "fr": "Tête"},
+    "probe.kind_expert": {"en": "Expert", "fr": "Expert"},
+    "probe.kind_attention": {"en": "Attention output", "fr": "Sortie de l'attention"},
+    "probe.kind_mlp": {"en": "MLP output", "fr": "Sortie du MLP"},
+    "probe.head": {"en": "Head", "fr": "Tête"},
+    "probe.expert": {"en": "Expert", "fr": "Expert"},
+    "probe.add": {"en": "Add", "fr": "Ajouter"},
+    "probe.clear": {"en": "Clear", "fr": "Effacer"},
+    "probe.generate_with": {"en": "Generate with the ablation on", "fr": "Générer avec l'ablation"},
+    "probe.explain": {
+        "en": "**Ablation** removes one part of the computation: a head's output (zeroed before the output "
+              "projection), an expert (the router picks among the others), or a whole layer's attention or MLP "
+              "output. The bars show the next-token distribution after the selected token, as the model computed it "
+              "and without that part. **KL** measures how far the distribution moved. Pick with the controls and "
+              "Add, or click a cell of the grid (a second click restores it). Tick the box to generate with the "
+              "ablation on.",
+        "fr": "**L'ablation** retire une partie du calcul : la sortie d'une tête (mise à zéro avant la projection de "
+              "sortie), un expert (le routeur choisit parmi les autres), ou toute la sortie de l'attention ou du MLP "
+              "d'une couche. Les barres montrent la distribution du token suivant après le token sélectionné, telle "
+              "que le modèle l'a calculée et sans cette partie. **KL** mesure de combien la distribution a bougé. "
+              "Choisissez avec les contrôles puis Ajouter, ou cliquez une case de la grille (un second clic la "
+              "rétablit). Cochez la case pour générer avec l'ablation."},
+    "probe.compare_tab": {"en": "Compare", "fr": "Comparer"},
+    "probe.prompt_a": {"en": "Prompt A", "fr": "Prompt A"},
+    "probe.prompt_b": {"en": "Prompt B", "fr": "Prompt B"},
+    "probe.compare": {"en": "Compare", "fr": "Comparer"},
+    "probe.attn_layer": {"en": "Attention difference: layer", "fr": "Différence d'attention : couche"},
+    "probe.patch_tab": {"en": "Patch", "fr": "Patching"},
+    "probe.patch_a": {"en": "Prompt A (its states are patched in)", "fr": "Prompt A (ses états sont greffés)"},
+    "probe.patch_b": {"en": "Prompt B (the run patched)", "fr": "Prompt B (le calcul modifié)"},
+    "probe.target": {"en": "Target (empty: A's top token)", "fr": "Cible (vide : le token favori de A)"},
+    "probe.run_patching": {"en": "Run patching", "fr": "Lancer le patching"},
+})
+TEXTS["probe.patch_explain"] = {
+    "en": "**Activation patching** (causal tracing, Meng et al. 2022): run prompt B, but at one block and one position "
+          "put A's residual stream in place of B's, and see how much of A's answer comes back at B's last position. "
+          "Bright cells carry what makes A's answer differ from B's. Both prompts must split into as many tokens (at "
+          f"most {PATCH_MAX_TOKENS}). Click a cell to see that run.",
+    "fr": "**Le patching d'activations** (traçage causal, Meng et al. 2022) : on relance le prompt B, mais à un bloc "
+          "et une position on remplace son flux résiduel par celui de A, et l'on regarde combien de la réponse de A "
+          "revient à la dernière position de B. Les cases claires portent ce qui distingue la réponse de A de celle "
+          "de B. Les deux prompts doivent compter autant de tokens (au plus "
+          f"{PATCH_MAX_TOKENS}). Cliquez une case pour voir ce calcul."}
 # the RoPE view's context lengths, one key each (a label holds one key, and French puts the factor elsewhere)
 TEXTS.update({f"arch.context_x{f}": {"en": f"Context: ×{f} trained",
                                      "fr": f"Contexte : ×{f} la longueur d'entraînement"} for f in FACTORS})

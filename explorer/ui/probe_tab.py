@@ -11,9 +11,10 @@ from typing import Any, Callable
 import gradio as gr
 import numpy as np
 
+from explorer.i18n import t
 from explorer.model_thread import MODEL_THREAD, drawing
-from explorer.probing import (PATCH_MAX_TOKENS, PatchingMap, ablate_in_parts, describe, lens_probs,
-                              patched_logprobs, patching_pair, patching_sweep)
+from explorer.probing import (PatchingMap, ablate_in_parts, describe, lens_probs, patched_logprobs, patching_pair,
+                              patching_sweep)
 from explorer.session import Session
 from explorer.ui.common import EMPTY_HINT, placeholder, presentation_fonts
 from explorer.views import style
@@ -23,20 +24,12 @@ from explorer.views.probing import (ablation_figure, ablation_summary_html, atte
 from model import (AttentionAblation, ExpertAblation, HeadAblation, Interventions, LanguageModel, MLPAblation,
                    Trace)
 
-KINDS = ["Head", "Expert", "Attention output", "MLP output"]
+KINDS = ["Head", "Expert", "Attention output", "MLP output"]  # the radio's values; its labels are translated
+KIND_KEYS = dict(zip(KINDS, ("probe.kind_head", "probe.kind_expert", "probe.kind_attention", "probe.kind_mlp")))
 COMPARE_MAX_TOKENS = 256
 PLOT_HEIGHT = 380  # under a row of controls, within the tab at 1280x720
 PARTS = ("attention", "MLP")  # the columns of the picker for whole attention or MLP outputs
 PROGRESS_SECONDS = 0.7  # the patching map is redrawn at most this often while it fills
-EXPLAIN = ("**Ablation** removes one part of the computation: a head's output (zeroed before the output projection), "
-           "an expert (the router picks among the others), or a whole layer's attention or MLP output. The bars show "
-           "the next-token distribution after the selected token, as the model computed it and without that part. "
-           "**KL** measures how far the distribution moved. Pick with the controls and Add, or click a cell of the grid "
-           "(a second click restores it). Tick the box to generate with the ablation on.")
-PATCH_EXPLAIN = ("**Activation patching** (causal tracing, Meng et al. 2022): run prompt B, but at one block and one "
-                 "position put A's residual stream in place of B's, and see how much of A's answer comes back at "
-                 "B's last position. Bright cells carry what makes A's answer differ from B's. Both prompts must "
-                 f"split into as many tokens (at most {PATCH_MAX_TOKENS}). Click a cell to see that run.")
 COMPARE_DEFAULTS = ("The doctor said that he", "The doctor said that she")
 PATCH_DEFAULTS = ("The Eiffel Tower is in the city of", "The Colosseum is in the city of")
 
@@ -75,7 +68,7 @@ class ProbeTab:
         kinds = KINDS if self.moe_layers else [k for k in KINDS if k != "Expert"]
         heads = [str(h) for h in range(cfg.n_heads)]
         with gr.Tabs(elem_id="probe-views"):
-            with gr.Tab("Ablate", elem_id="probe-ablate-tab"):
+            with gr.Tab(t("probe.ablate_tab"), elem_id="probe-ablate-tab"):
                 # the bars and the grid to pick from side by side (a click there, the bars change beside it), the
                 # numbers and the controls under them
                 with gr.Row(equal_height=False):
@@ -89,32 +82,34 @@ class ProbeTab:
                     with gr.Column(scale=5, min_width=360):
                         self.summary = gr.HTML(elem_id="probe-summary")
                     with gr.Column(scale=4, min_width=300):
-                        self.kind = gr.Radio(kinds, value="Head", label="Ablate", elem_id="probe-kind")
+                        self.kind = gr.Radio([(t(KIND_KEYS[k]), k) for k in kinds], value="Head", label=t("probe.kind"),
+                                             elem_id="probe-kind")
                         with gr.Row():
                             self.layer = gr.Number(0, precision=0, minimum=0, maximum=cfg.n_layers - 1,
-                                                   label=f"Layer (0–{cfg.n_layers - 1})", elem_id="probe-layer",
+                                                   label=t("common.layer") + f" (0–{cfg.n_layers - 1})",
+                                                   elem_id="probe-layer",
                                                    min_width=90)
-                            self.head = gr.Dropdown(heads, value="0", label="Head", elem_id="probe-head",
+                            self.head = gr.Dropdown(heads, value="0", label=t("probe.head"), elem_id="probe-head",
                                                     min_width=90)
                             n_experts = cfg.moe.n_routed_experts if cfg.moe is not None else 1
-                            self.expert = gr.Dropdown([str(e) for e in range(n_experts)], value="0", label="Expert",
+                            self.expert = gr.Dropdown([str(e) for e in range(n_experts)], value="0", label=t("probe.expert"),
                                                       elem_id="probe-expert", min_width=90,
                                                       visible=bool(self.moe_layers))
                         with gr.Row():
-                            self.add = gr.Button("Add", elem_id="probe-add", variant="primary", min_width=80)
-                            self.clear = gr.Button("Clear", elem_id="probe-clear", min_width=80)
-                        self.generate_with = gr.Checkbox(label="Generate with the ablation on", value=False,
+                            self.add = gr.Button(t("probe.add"), elem_id="probe-add", variant="primary", min_width=80)
+                            self.clear = gr.Button(t("probe.clear"), elem_id="probe-clear", min_width=80)
+                        self.generate_with = gr.Checkbox(label=t("probe.generate_with"), value=False,
                                                          elem_id="probe-generate-with")
-                gr.Markdown(EXPLAIN)
+                gr.Markdown(t("probe.explain"))
                 # written by assets/probe.js on a click on the picker: "<head|expert|part>:<layer>:<column>:<nonce>"
                 self.ablate_pick = gr.Textbox(visible="hidden", elem_id="probe-ablate-pick", show_label=False)
-            with gr.Tab("Compare", elem_id="probe-compare-tab"):
+            with gr.Tab(t("probe.compare_tab"), elem_id="probe-compare-tab"):
                 with gr.Row(equal_height=True):
-                    self.compare_a = gr.Textbox(COMPARE_DEFAULTS[0], label="Prompt A", elem_id="probe-compare-a",
+                    self.compare_a = gr.Textbox(COMPARE_DEFAULTS[0], label=t("probe.prompt_a"), elem_id="probe-compare-a",
                                                 lines=1, max_length=4000)
-                    self.compare_b = gr.Textbox(COMPARE_DEFAULTS[1], label="Prompt B", elem_id="probe-compare-b",
+                    self.compare_b = gr.Textbox(COMPARE_DEFAULTS[1], label=t("probe.prompt_b"), elem_id="probe-compare-b",
                                                 lines=1, max_length=4000)
-                    self.compare_button = gr.Button("Compare", elem_id="probe-compare", variant="primary",
+                    self.compare_button = gr.Button(t("probe.compare"), elem_id="probe-compare", variant="primary",
                                                     scale=0, min_width=110)
                 self.compare_tokens = gr.HTML(elem_id="probe-compare-tokens")
                 with gr.Row(equal_height=False):
@@ -128,29 +123,29 @@ class ProbeTab:
                                                  show_label=False)
                     with gr.Column(scale=4, min_width=240):
                         self.attn_layer = gr.Number(0, precision=0, minimum=0, maximum=cfg.n_layers - 1,
-                                                    label=f"Attention difference: layer (0–{cfg.n_layers - 1})",
+                                                    label=t("probe.attn_layer") + f" (0–{cfg.n_layers - 1})",
                                                     elem_id="probe-attn-layer")
-                        self.attn_head = gr.Dropdown(heads, value="0", label="Head", elem_id="probe-attn-head")
-            with gr.Tab("Patch", elem_id="probe-patch-tab"):
+                        self.attn_head = gr.Dropdown(heads, value="0", label=t("probe.head"), elem_id="probe-attn-head")
+            with gr.Tab(t("probe.patch_tab"), elem_id="probe-patch-tab"):
                 # the map at the top, its prompts and the clicked cell's run beside it: the map fits 1280x720
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=6, min_width=380):
                         self.patch_map = gr.Plot(placeholder("Press Run patching", PLOT_HEIGHT),
                                                  elem_id="probe-patch-map", show_label=False)
                     with gr.Column(scale=4, min_width=300):
-                        self.patch_a = gr.Textbox(PATCH_DEFAULTS[0], label="Prompt A (its states are patched in)",
+                        self.patch_a = gr.Textbox(PATCH_DEFAULTS[0], label=t("probe.patch_a"),
                                                   elem_id="probe-patch-a", lines=1, max_length=4000)
-                        self.patch_b = gr.Textbox(PATCH_DEFAULTS[1], label="Prompt B (the run patched)",
+                        self.patch_b = gr.Textbox(PATCH_DEFAULTS[1], label=t("probe.patch_b"),
                                                   elem_id="probe-patch-b", lines=1, max_length=4000)
                         with gr.Row(equal_height=True):
-                            self.target = gr.Textbox("", label="Target (empty: A's top token)", elem_id="probe-target",
+                            self.target = gr.Textbox("", label=t("probe.target"), elem_id="probe-target",
                                                      lines=1, max_length=200, min_width=120)
-                            self.patch_button = gr.Button("Run patching", elem_id="probe-patch", variant="primary",
+                            self.patch_button = gr.Button(t("probe.run_patching"), elem_id="probe-patch", variant="primary",
                                                           min_width=110)
                         self.patch_status = gr.HTML(elem_id="probe-patch-status")
                         self.patch_cell = gr.Plot(placeholder("Click a cell of the map", PLOT_HEIGHT),
                                                   elem_id="probe-patch-cell", show_label=False)
-                gr.Markdown(PATCH_EXPLAIN)
+                gr.Markdown(t("probe.patch_explain"))
                 # written by assets/probe.js on a click on the map: "cell:<layer>:<position>:<nonce>"
                 self.patch_pick = gr.Textbox(visible="hidden", elem_id="probe-patch-pick", show_label=False)
         self.outputs = [self.bars, self.summary, self.layer, self.head, self.picker]
