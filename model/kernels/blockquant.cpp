@@ -563,9 +563,12 @@ torch::Tensor llama_block_rows(const torch::Tensor& h, const torch::Tensor& attn
   auto act = torch::empty({rows, f}, h.options());
   const float* pg = gu.data_ptr<float>();
   float* pact = act.data_ptr<float>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t i = 0; i < f; ++i)  // silu(gate) * up
-      pact[r * f + i] = pg[r * 2 * f + i] / (1.f + std::exp(-pg[r * 2 * f + i])) * pg[r * 2 * f + f + i];
+  at::parallel_for(0, rows * f, 4096, [&](int64_t begin, int64_t end) {  // silu(gate) * up, element by element
+    for (int64_t j = begin; j < end; ++j) {
+      const float *gate = pg + (j / f) * 2 * f + j % f, *up = gate + f;
+      pact[j] = *gate / (1.f + std::exp(-*gate)) * *up;
+    }
+  });
   return (mid + down(act)).view(h.sizes());
 }
 
