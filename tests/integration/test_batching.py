@@ -63,7 +63,7 @@ def finished(g: Generation) -> list:
     return steps
 
 
-def alone(lm, prompt: str, s: dict, record: bool = False) -> tuple[list, object]:
+def alone(lm, prompt: str | list[int], s: dict, record: bool = False) -> tuple[list, object]:
     g = Generation(lm, lm.prompt_ids(prompt), s, NEVER, record=record)
     steps = finished(g)
     return steps, g.context_trace
@@ -186,4 +186,29 @@ def test_stop_and_the_time_limit_end_one_generation_and_not_its_companions(embed
     assert stopped.finish_reason == "stopped" and 3 <= len(stopped.steps) < 1000
     identical(finished(companion), want)
     assert companion.finish_reason == "length"
+    wait_idle()
+
+
+def test_an_error_in_a_batched_pass_ends_only_the_generation_it_belongs_to(tmp_path):
+    """A tiny GPT-2 with 128 learned positions: one generation runs past them inside a batched pass; that pass is
+    run again row by row, so the error ends that generation alone, and its companion decodes as it does alone (the
+    same tokens; on the reference blocks a batched product rounds otherwise than a one-row one, so probabilities
+    agree to float32 precision, not bit for bit)."""
+    from model import load_model
+    from tests.model.families import build_hf, save
+
+    lm = load_model(save(build_hf("gpt2"), tmp_path), device="cpu", dtype="float32")
+    s = settings(12, **GREEDY)
+    want, _ = alone(lm, [5, 6, 7], s)
+    release = held_model_thread()
+    # its 9th token sits at position 128: putting it through the model fails
+    too_long = Generation(lm, list(range(1, 121)), settings(20, **GREEDY), NEVER)
+    companion = Generation(lm, [5, 6, 7], s, NEVER)
+    release()
+    with pytest.raises(ValueError, match="128 learned positions"):
+        list(too_long.follow(1000))
+    assert too_long.finish_reason == "error" and len(too_long.steps) == 9
+    got = finished(companion)
+    assert [s.token_id for s in got] == [s.token_id for s in want]
+    assert [s.prob for s in got] == pytest.approx([s.prob for s in want], rel=1e-5)
     wait_idle()
