@@ -134,7 +134,10 @@ class LanguageModel:
 
         The interventions edit every forward pass, the prompt's and each new token's: a Patch acts on each of its
         positions when that position is computed, in the prompt or among the generated tokens (all of them lie
-        inside its source; positions the generation never reaches are left alone)."""
+        inside its source; positions the generation never reaches are left alone).
+
+        The prompt is read PREFILL_CHUNK tokens at a time, as a server reads it between other sequences' tokens: a
+        generation computes the same numbers alone here and batched there (model/batch.py)."""
         return self._generate(self.decoding(prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy, record,
                                             chat, top_n, stop_at_eos, interventions))
 
