@@ -141,16 +141,10 @@ class Decoding:
 @torch.inference_mode()
 def advance(decodings: Sequence[Decoding]) -> None:
     """Each decoding's pending id through the model (all ready, of one LanguageModel), for its next logits: one
-    forward pass for those without interventions (MAX_ROWS at a time); a decoding with interventions runs alone,
-    through the reference forward that applies them."""
-    together = [d for d in decodings if not d.interventions]
-    for d in decodings:
-        if d.interventions:
-            d.logits = d._forward(d.pending)  # noqa: SLF001
-            d.pending = []
-    for start in range(0, len(together), MAX_ROWS):
-        rows = together[start : start + MAX_ROWS]
-        if len(rows) == 1:  # alone: exactly the reference forward
+    forward pass for all (MAX_ROWS at a time); alone, exactly the reference forward."""
+    for start in range(0, len(decodings), MAX_ROWS):
+        rows = decodings[start : start + MAX_ROWS]
+        if len(rows) == 1:
             rows[0].logits = rows[0]._forward(rows[0].pending)  # noqa: SLF001
         else:
             for d, logits in zip(rows, forward_rows(rows[0].lm.decoder, rows)):
@@ -161,44 +155,74 @@ def advance(decodings: Sequence[Decoding]) -> None:
 
 def forward_rows(decoder: Decoder, rows: Sequence[Decoding]) -> list[torch.Tensor]:
     """Decoder.forward for B sequences of one new token each, each at its own position over its own cache (and, where
-    it records, into its own recorder): the logits [vocab] of each. No interventions. What it records is handed to
-    the recorders once the pass succeeded (a pass that fails leaves them as they were, to be run again)."""
+    it records, into its own recorder): the logits [vocab] of each. In a layer that a row's interventions touch, that
+    row goes through the reference block alone, with them (as Decoder.forward would take it); the other rows go on
+    together. What it records is handed to the recorders once the pass succeeded (a pass that fails leaves them as
+    they were, to be run again)."""
     caches = [d.cache for d in rows]
     ids = rows[0].lm._tensor([d.pending[0] for d in rows]).view(-1, 1)  # noqa: SLF001  [B, 1]
     positions = torch.tensor([c.length for c in caches], device=ids.device)  # [B]: each row's own
     h = decoder.embed_tokens(ids, positions[:, None])  # [B, 1, d]
     rope = decoder.rope(positions, h.dtype)  # cos, sin [B, d_rot]
-    recording = any(d.recorder is not None for d in rows)
-    residuals, routings = [h], []  # [B, 1, d] each; (layer, experts [B, k], weights [B, k]) of MoE layers
+    residuals = [h]  # [B, 1, d] after the embedding, then after each block
+    routings: list[list] = [[] for _ in rows]  # each row's MoE choices: (layer, experts [1, k], weights [1, k])
     for block in decoder.blocks:
-        if isinstance(block, OneCallBlock) and h.dtype == torch.float32 and rope is not None:
-            h = block.step_rows(h, rope, caches)
+        alone = [r for r, d in enumerate(rows) if d.interventions.touches(block.layer)]
+        if not alone:
+            h = _rows_through(block, h, positions, rope, caches, routings)
         else:
-            h = _block_rows(block, h, positions, rope, caches, routings if recording else None)
+            together = [r for r in range(len(rows)) if r not in alone]
+            out = torch.empty_like(h)
+            if together:
+                out[together] = _rows_through(block, h[together], positions[together], _rows(rope, together),
+                                              [caches[r] for r in together], [routings[r] for r in together])
+            for r in alone:
+                out[r : r + 1] = block(h[r : r + 1], positions[r : r + 1], _rows(rope, [r]), caches[r],
+                                       _RoutingOf(routings[r]), rows[r].interventions)
+            h = out
         residuals.append(h)
     for cache in caches:
         cache.advance(1)
     logits = decoder.unembed(h)[:, 0].cpu()  # [B, vocab]
     for r, d in enumerate(rows):
         if d.recorder is not None:
-            for layer, experts, weights in routings:
-                d.recorder.routing(layer, experts[r : r + 1], weights[r : r + 1])
+            for layer, experts, weights in routings[r]:
+                d.recorder.routing(layer, experts, weights)
             for index, hidden in enumerate(residuals):
                 d.recorder.residual(index, hidden[r : r + 1])
             d.recorder.commit(ids[r])
     return list(logits)
 
 
-def _block_rows(block: Block, h: torch.Tensor, positions: torch.Tensor, rope, caches: list[KVCache],
-                routings: list | None) -> torch.Tensor:
-    """Block.forward for B sequences of one token each (h [B, 1, d]): the matrices of all rows together, each row's
-    attention over its own cache; an MoE layer's choices appended to routings (when given)."""
+def _rows(rope: tuple[torch.Tensor, torch.Tensor] | None, rows: list[int]):
+    """The rows' cos and sin [len(rows), d_rot] (None without RoPE)."""
+    return None if rope is None else (rope[0][rows], rope[1][rows])
+
+
+class _RoutingOf:
+    """A recorder for one row through Block.forward: keeps the MoE choices it reports."""
+
+    def __init__(self, routing: list) -> None:
+        self._routing = routing
+
+    def routing(self, layer: int, experts: torch.Tensor, weights: torch.Tensor) -> None:
+        self._routing.append((layer, experts, weights))
+
+
+def _rows_through(block: Block, h: torch.Tensor, positions: torch.Tensor, rope, caches: list[KVCache],
+                  routings: list[list]) -> torch.Tensor:
+    """Block.forward without interventions for B sequences of one token each (h [B, 1, d]): the compiled step where
+    the block has one, else the reference modules with the matrices of all rows together; each row's attention over
+    its own cache, each row's MoE choices appended to its routings."""
+    if isinstance(block, OneCallBlock) and h.dtype == torch.float32 and rope is not None:
+        return block.step_rows(h, rope, caches)
     attn_out = _attention_rows(block.attn, block.attn_norm(h), positions, rope, caches)
     h = h + attn_out
-    record: dict | None = {} if routings is not None else None
+    record: dict = {}
     mlp_out = block._mlp(block.mlp_norm(h), record, NO_INTERVENTIONS)  # noqa: SLF001
-    if record:
-        routings.append((block.layer, record["experts"], record["expert_weights"]))
+    if record:  # [B, k] each: a row apiece
+        for r, routing in enumerate(routings):
+            routing.append((block.layer, record["experts"][r : r + 1], record["expert_weights"][r : r + 1]))
     return h + mlp_out
 
 

@@ -106,6 +106,27 @@ def test_a_generation_decodes_alike_alone_and_with_companions(embedded_lm, log, 
     wait_idle()
 
 
+def test_an_ablated_generation_shares_the_pass_and_decodes_as_alone(embedded_lm, log):
+    """The Probe tab's ablations: the ablated layers of that row go through the reference block, the rest of its pass
+    is shared; its tokens and trace, and its companion's, are exactly those each gets alone."""
+    from model import HeadAblation
+
+    lm = embedded_lm
+    s = settings(12, **SEEDED[0], interventions=(HeadAblation(3, 1), HeadAblation(5, 4)))
+    plain = settings(12, **SEEDED[1])
+    want, want_trace = alone(lm, PROMPTS[0], s, record=True)
+    want_plain, _ = alone(lm, PROMPTS[1], plain, record=True)
+    release = held_model_thread()
+    ablated = Generation(lm, lm.prompt_ids(PROMPTS[0]), s, NEVER, record=True)
+    companion = Generation(lm, lm.prompt_ids(PROMPTS[1]), plain, NEVER, record=True)
+    release()
+    identical(finished(ablated), want)
+    assert torch.equal(ablated.context_trace.residual, want_trace.residual)
+    identical(finished(companion), want_plain)
+    assert 2 in passes_with(log, ablated)
+    wait_idle()
+
+
 def test_companions_joining_and_stopping_mid_way_change_nothing(embedded_lm, log):
     lm = embedded_lm
     mine = settings(24, **SEEDED[0])

@@ -82,14 +82,20 @@ def test_sequences_together_decode_as_each_alone(lm, monkeypatch):
         same_steps(g, alone(lm, r))
 
 
-def test_a_row_with_interventions_runs_alone_with_them(lm):
+def test_a_row_with_interventions_shares_the_pass_and_keeps_its_edits(lm, monkeypatch):
+    """In the layers its interventions touch, a row goes through the reference block alone, with them; it shares the
+    rest of the pass with the others."""
+    sizes = rows_per_pass(monkeypatch)
     ablated = dict(prompt=PROMPTS[1], max_new_tokens=8, greedy=True, record=True, stop_at_eos=False,
                    interventions=[HeadAblation(1, 2)])
     plain = {**ablated, "interventions": None}
     got = together(lm, [plain, ablated, dict(plain, prompt=PROMPTS[2])], joins=[0, 0, 0])
+    assert 3 in sizes
     same_steps(got[1], alone(lm, ablated))
     same_steps(got[0], alone(lm, plain))
     assert got[1][-1].trace.interventions.items == (HeadAblation(1, 2),)
+    assert [s.token_id for s in got[1]] != [s.token_id for s in alone(lm, plain)] or \
+        float((got[1][-1].trace.residual - alone(lm, plain)[-1].trace.residual).abs().max()) > 1e-3  # it did act
 
 
 def test_chunked_prefill_equals_one_pass(lm):
