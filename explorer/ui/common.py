@@ -20,7 +20,9 @@ class Limits:
     max_new_tokens: int = 256
     max_context: int = 1280  # prompt + generated tokens
     max_top_k: int = 1000
-    max_concurrent: int = 2  # generations running at once on a 2-core machine; more wait in the queue
+    # generations running at once: the model thread advances them together, one batched forward pass per step
+    # (explorer/batching.py, at most 16 rows a pass); more wait in the queue
+    max_concurrent: int = 16
     max_queue: int = 32  # requests waiting beyond that are refused with "queue is full"
     time_limit_seconds: float = 120.0  # a generation stops (keeping its text) after this long
     refresh_seconds: float = 0.8  # heavy plots refresh at most this often while tokens stream
