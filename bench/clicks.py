@@ -53,6 +53,7 @@ CHANGED = """([id, before]) => {
     if (now && now !== before) { window.__t1 = performance.now(); return true; }
     return false;
 }"""
+STALL_TOKENS = 3000  # the second session's run: it must still be writing when the first session's clicks end
 # the second session: the time each new token appears in its output
 WATCH_TOKENS = """() => {
     window.__times = [];
@@ -184,7 +185,7 @@ def stall(s1: Session, s2: Session, server: Client, prompt: str) -> dict[str, An
     meanwhile (a token of the second session waits for at most one of them)."""
     s1.open_tab("Tokens")
     s1.generate(prompt, 4)  # a context of its own: the Attention tab's first render comes next
-    s2.generate(SHORT_PROMPT, 256, wait=False)
+    s2.generate(SHORT_PROMPT, STALL_TOKENS, wait=False)
     s2.page.wait_for_function("() => document.querySelectorAll('#output .tok').length > 20", polling=100)
     s2.page.evaluate(WATCH_TOKENS)
     time.sleep(4)
@@ -233,7 +234,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="times each action is measured per context")
     args = ap.parse_args()
     load = os.getloadavg()
-    proc, url = start_app(env={"EXPLORER_MAX_PROMPT_TOKENS": str(MAX_PROMPT_TOKENS)})
+    proc, url = start_app(env={"EXPLORER_MAX_PROMPT_TOKENS": str(MAX_PROMPT_TOKENS),
+                               # the second session's run must outlast the first one's clicks (tokens come every
+                               # ~17 ms: 256 ended before them); the stall test stops it
+                               "EXPLORER_MAX_NEW_TOKENS": str(STALL_TOKENS),
+                               "EXPLORER_MAX_CONTEXT": str(MAX_PROMPT_TOKENS + STALL_TOKENS)})
     timings, contexts = Timings(), {}
     try:
         with sync_playwright() as p:
