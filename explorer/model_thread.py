@@ -10,6 +10,7 @@ recomputes with the model here (Recomputing), so that another session waits at m
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,6 +61,12 @@ class ModelThread:
 
 
 MODEL_THREAD = ModelThread()
+# The model thread gives up the GIL inside every torch call and takes it back between them, hundreds of times a token.
+# While a render draws (plotly, JSON: pure Python) on another thread, each take-back waits for that thread to reach the
+# interpreter's switch interval (5 ms by default): a 15 ms decoding step then takes a few hundred. A shorter interval
+# bounds each wait to it.
+SWITCH_INTERVAL = 0.0005
+sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 _drawing = threading.local()
