@@ -101,6 +101,20 @@ def app_url():
         yield url
 
 
+# a run that cannot end by itself while a test watches it, however slow or fast the machine (200 tokens ended before a
+# lesson had opened every tab on a fast one, 1,000 on a loaded one): 4,000 tokens allowed and no time limit within a
+# test's reach; the test stops it
+LONG_RUN = 4000
+
+
+@pytest.fixture(scope="session")
+def long_runs_app():
+    env = {"EXPLORER_MAX_NEW_TOKENS": str(LONG_RUN), "EXPLORER_MAX_CONTEXT": str(LONG_RUN + 200),
+           "EXPLORER_TIME_LIMIT_SECONDS": "3600"}
+    with running_app(env=env) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def browser():
     from playwright.sync_api import sync_playwright

@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.e2e.conftest import HANG
+from tests.e2e.conftest import HANG, LONG_RUN
 from tests.e2e.test_lesson import PROJECTOR, no_errors_on_screen, open_projector, open_tab, set_number, wait_status
 from tests.e2e.test_share import import_file
 
@@ -116,10 +116,10 @@ def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots, tmp_pat
     context.close()
 
 
-def test_stop_ends_a_branch_that_would_write_on(browser, app_url):
-    context, page = open_projector(browser, app_url, PROJECTOR)
+def test_stop_ends_a_branch_that_would_write_on(browser, long_runs_app):
+    context, page = open_projector(browser, long_runs_app, PROJECTOR)
     page.fill("#prompt textarea", "Write a long story about a lighthouse keeper.")
-    set_number(page, "#max-new-tokens", 200)
+    set_number(page, "#max-new-tokens", LONG_RUN)
     page.locator("#stop-at-eos input").uncheck()  # nothing but the token limit or Stop ends it by itself
     page.click("#generate")
     page.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 6")
@@ -137,7 +137,7 @@ def test_stop_ends_a_branch_that_would_write_on(browser, app_url):
     page.click("#stop")
     wait_status(page, "Stopped")
     kept = page.evaluate(TOKENS)
-    assert len(kept) < 200 and page.locator("#output .tok.forced").count() == 1
+    assert len(kept) < LONG_RUN and page.locator("#output .tok.forced").count() == 1
     page.wait_for_timeout(1000)
     assert page.evaluate(TOKENS) == kept  # nothing comes after Stop
     assert not page.locator("#generate").is_disabled() and page.locator("#stop").is_disabled()

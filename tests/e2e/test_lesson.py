@@ -9,15 +9,9 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import HANG, open_page, running_app
+from tests.e2e.conftest import HANG, LONG_RUN, open_page
 
 PROJECTOR = {"width": 1280, "height": 720}
-# a run that cannot end by itself while every tab is opened in turn, however slow the machine (200 tokens ended
-# before the last tab on a fast one, 1,000 on a loaded one): 4,000 tokens allowed, no time limit within the test's
-# reach; the lesson stops it
-LONG_RUN = 4000
-LONG_RUNS = {"EXPLORER_MAX_NEW_TOKENS": str(LONG_RUN), "EXPLORER_MAX_CONTEXT": str(LONG_RUN + 200),
-             "EXPLORER_TIME_LIMIT_SECONDS": "3600"}
 # each tab, the element that is its view (it must be on the first screen with the text), and a test in the page that
 # it shows the selected position p
 VIEWS = {
@@ -131,12 +125,6 @@ def click_bar(page, selector: str, x_value: float) -> None:
              return [r.left + xa._offset + xa.l2p(x), r.top + ya._offset + ya.l2p(trace.y[i] / 2)]; }""",
         [selector, x_value])
     page.mouse.click(*point)
-
-
-@pytest.fixture(scope="module")
-def long_runs_app():
-    with running_app(env=LONG_RUNS) as url:
-        yield url
 
 
 def test_a_whole_lesson_on_a_projector(browser, long_runs_app, screenshots):
