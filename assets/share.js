@@ -60,12 +60,16 @@
   }, true);
 
   function runEnded() {
-    // Stop turns on when the run starts and off when it ends; a refused run (an error) never turns it on
+    // Stop turns on when the run starts and off when it ends; a short run can start and end between two looks, so a
+    // new end-of-run status line ("Done…", "Stopped…") counts as a start too; a refused run (an error) never starts
+    // and shows a toast
+    const text = () => { const status = q("#status"); return status ? status.innerText : ""; };
+    const before = text();
     return new Promise((resolve) => {
       let started = false;
       const timer = setInterval(() => {
-        const stop = q("#stop"), generate = q("#generate");
-        if (stop && !stop.disabled) started = true;
+        const stop = q("#stop"), generate = q("#generate"), now = text();
+        if ((stop && !stop.disabled) || (now !== before && /^(Done|Stopped)/.test(now))) started = true;
         const refused = !started && q(".toast-body");
         if ((started || refused) && stop && stop.disabled && generate && !generate.disabled) {
           clearInterval(timer);
