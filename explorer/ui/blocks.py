@@ -286,19 +286,18 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         # a branch's continuation ends at its next token by the session's stop check (it then says "Stopped ... ·
         # branch n"); cancelling its event as well, when it was never run, leaves Gradio's "Error" on the status line
         def after_stop(s: Session) -> dict:
-            """after_generation, and the text and Stop's message once more: Stop answers at once, outside the queue,
-            so an update the stream had already sent could land after it and leave "Generating…" on the status line;
-            this comes through the queue, after anything the stream sent."""
+            """after_generation, and Stop's message once more: Stop answers at once, outside the queue, so an update
+            the stream had already sent could land after it and leave "Generating…" on the status line; this comes
+            through the queue, after anything the stream sent."""
             values = after_generation(s)
             if not s.generating:
                 message = finish_message("stopped", len(s.steps), 0.0, limits.time_limit_seconds)
-                branch = f" · branch {s.tree.current}" if s.tree.current else ""
-                values |= {output: render_output(s), status: message + branch}
+                values[status] = message + (f" · branch {s.tree.current}" if s.tree.current else "")
             return values
 
         stop.click(on_stop, [state], [output, status, refresher, generate, stop], cancels=[gen_event],
                    api_visibility="private", show_progress="hidden", queue=False).then(
-            after_stop, [state], tab_outputs + [generate, stop, output, status], api_visibility="private",
+            after_stop, [state], tab_outputs + [generate, stop, status], api_visibility="private",
             show_progress="hidden")
 
         def on_select(value: Any, s: Session) -> dict:
