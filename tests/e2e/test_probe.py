@@ -19,26 +19,26 @@ def bars(page, selector: str) -> dict[str, list[float]]:
     return {t["name"]: t["x"] for t in page.evaluate(BARS, selector)}
 
 
-def click_cell(page, layer: int, position: int) -> None:
-    """A real mouse click on the patching map's cell (plotly maps data to pixels with its axes)."""
-    page.locator("#probe-patch-map").scroll_into_view_if_needed()
-    x, y = page.evaluate("""([layer, position]) => {
-        const el = document.querySelector('#probe-patch-map .js-plotly-plot');
+def click_heatmap(page, selector: str, row: int, column: int) -> None:
+    """A real mouse click on a heatmap's cell at (row, column) in data units (plotly maps data to pixels with its
+    axes)."""
+    page.locator(selector).scroll_into_view_if_needed()
+    x, y = page.evaluate("""([sel, row, column]) => {
+        const el = document.querySelector(sel + ' .js-plotly-plot');
         const xa = el._fullLayout.xaxis, ya = el._fullLayout.yaxis, box = el.getBoundingClientRect();
-        return [box.left + xa._offset + xa.l2p(position), box.top + ya._offset + ya.l2p(layer)];
-    }""", [layer, position])
+        return [box.left + xa._offset + xa.l2p(column), box.top + ya._offset + ya.l2p(row)];
+    }""", [selector, row, column])
     page.mouse.click(x, y)
+
+
+def click_cell(page, layer: int, position: int) -> None:
+    """The patching map's cell of that block and position."""
+    click_heatmap(page, "#probe-patch-map", layer, position)
 
 
 def click_picker(page, layer_row: int, column: int) -> None:
-    """A real mouse click on the ablation picker's cell (row index, column index)."""
-    page.locator("#probe-pick-map").scroll_into_view_if_needed()
-    x, y = page.evaluate("""([row, column]) => {
-        const el = document.querySelector('#probe-pick-map .js-plotly-plot');
-        const xa = el._fullLayout.xaxis, ya = el._fullLayout.yaxis, box = el.getBoundingClientRect();
-        return [box.left + xa._offset + xa.l2p(column), box.top + ya._offset + ya.l2p(row)];
-    }""", [layer_row, column])
-    page.mouse.click(x, y)
+    """The ablation picker's cell (row index, column index)."""
+    click_heatmap(page, "#probe-pick-map", layer_row, column)
 
 
 def crossed(page) -> list[list[int]]:
