@@ -2,8 +2,8 @@
 a step that advances every running generation, renders and other model-thread tasks going between steps. A step:
 stop requests end their generation at once; prompts still being read, oldest first, up to PREFILL_CHUNK tokens (so
 a long prompt, read a chunk a step, never stalls the others for long); one forward pass for every generation ready
-for its next token (model/batch.py); each of them samples its token with its own generator. A generation that ends
-leaves at once; a new one joins the next step."""
+for its next token (model/batch.py); their tokens sampled together, each with its own settings and generator. A
+generation that ends leaves at once; a new one joins the next step."""
 from __future__ import annotations
 
 import threading
@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Protocol
 
 from explorer.model_thread import MODEL_THREAD, ModelThread
-from model.batch import PREFILL_CHUNK, Decoding, advance
+from model.batch import PREFILL_CHUNK, Decoding, advance, sample_all
 
 
 class Member(Protocol):
@@ -26,7 +26,7 @@ class Member(Protocol):
 
     def advance_alone(self) -> None: ...  # one token, or the end, by itself
 
-    def take(self) -> None: ...  # its decoding has logits: sample the token, hand the Step out, end if it was last
+    def take(self, step) -> None: ...  # its decoding's next Step (sampled): hand it out, end if it was last
 
 
 class Batcher:
@@ -87,9 +87,13 @@ class Batcher:
                 for m in ready:
                     if m.decoding.ready:
                         _guarded(m, lambda m=m: advance([m.decoding]))
-        for m in members:
-            if not m.ended and m.decoding is not None and m.decoding.logits is not None:
-                _guarded(m, m.take)
+        sampling = [m for m in members if not m.ended and m.decoding is not None and m.decoding.logits is not None]
+        try:
+            steps = sample_all([m.decoding for m in sampling]) if sampling else []
+        except Exception:  # noqa: BLE001: as above, each alone
+            steps = [None] * len(sampling)
+        for m, step in zip(sampling, steps):
+            _guarded(m, lambda m=m, step=step: m.take(step or sample_all([m.decoding])[0]))
 
 
 def _guarded(member: Member, work) -> None:

@@ -99,8 +99,8 @@ class Generation:
             return done.value
         return None
 
-    def take(self) -> None:
-        self._add(self.decoding.sample(), self.decoding.context_trace)
+    def take(self, step: Any) -> None:
+        self._add(step, self.decoding.context_trace)
 
     def _add(self, step: Any, context_trace: Callable[[], Any]) -> None:
         """A new token for the readers; the end when it was the last, or when the time is up."""

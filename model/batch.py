@@ -14,7 +14,7 @@ from .fast.llama_block import OneCallBlock
 from .fast.packed import MAX_PACKED_ROWS
 from .interventions import NO_INTERVENTIONS, Interventions
 from .layers import apply_rope, attention
-from .sampling import SamplerSettings, entropy, sample
+from .sampling import SamplerSettings, Samples, entropies, row_sums
 from .trace import Trace, TraceRecorder
 
 if TYPE_CHECKING:
@@ -102,26 +102,18 @@ class Decoding:
             self.recorder.commit(x[0])
         return logits
 
-    @torch.inference_mode()
     def sample(self) -> Step:
         """The next token from the logits, as a Step; after the last one (an end-of-text token or the token limit)
         the sequence is finished."""
-        s = sample(self.logits, self.settings, self.generator)
-        top_probs, top_ids = torch.topk(s.probs, min(self.top_n, s.probs.shape[0]))
-        token, index = s.token_id, self.n_steps
+        return sample_all([self])[0]
+
+    def _took(self, token: int) -> str | None:
+        """The sampled token becomes the next id through the model; returns its finish reason."""
+        index = self.n_steps
         finish = "stop" if token in self.stop_ids else "length" if index == self.max_new_tokens - 1 else None
-        step = Step(
-            index=index, position=self.cache.length, token_id=token, text=self.stream.push(token),
-            prob=float(s.probs[token]), sampled_prob=float(s.final_probs[token]), entropy=entropy(s.probs),
-            top_ids=top_ids.tolist(), top_probs=top_probs.tolist(),
-            top_sampled_probs=s.final_probs[top_ids].tolist(), top_kept=s.kept[top_ids].tolist(),
-            n_kept=int(s.kept.sum()), kept_mass=float(torch.dot(s.probs, s.kept.to(s.probs.dtype))),
-            finish_reason=finish,
-            trace=self.recorder.trace() if self.recorder is not None else None,
-        )
         self.logits, self.pending, self.n_steps = None, [token], index + 1
         self.finished = finish is not None
-        return step
+        return finish
 
     @torch.inference_mode()
     def context_trace(self) -> Trace | None:
@@ -136,6 +128,35 @@ class Decoding:
         """Frees the cache and the recorder now, not at garbage collection."""
         self.cache = self.recorder = None  # type: ignore[assignment]
         self.finished = True
+
+
+@torch.inference_mode()
+def sample_all(decodings: Sequence[Decoding]) -> list[Step]:
+    """Each decoding's next token from its logits (all have some), as a Step, the rows sampled together: the
+    sampler's and the Step's numbers in one set of operations for all (model/sampling.py: Samples), each row's the
+    same as alone."""
+    s = Samples.of(torch.stack([d.logits for d in decodings]), [d.settings for d in decodings],
+                   [d.generator for d in decodings])
+    tokens = torch.tensor(s.token_ids)[:, None]
+    top_ids = {}
+    for n in {d.top_n for d in decodings}:  # one top-n for all, usually
+        rows = [r for r, d in enumerate(decodings) if d.top_n == n]
+        top_ids |= dict(zip(rows, torch.topk(s.probs[rows], min(n, s.probs.shape[1])).indices))
+    top = torch.nn.utils.rnn.pad_sequence([top_ids[r] for r in range(len(decodings))], batch_first=True)
+    columns = dict(  # each [B] or [B, top-n], as lists
+        prob=s.probs.gather(1, tokens)[:, 0], sampled_prob=s.final_probs.gather(1, tokens)[:, 0],
+        entropy=entropies(s.probs, s.logits), top_probs=s.probs.gather(1, top), top_sampled_probs=s.final_probs.gather(1, top),
+        top_kept=s.kept.gather(1, top), n_kept=s.kept.sum(-1), kept_mass=row_sums(s.probs * s.kept))
+    columns = {name: values.tolist() for name, values in columns.items()} | dict(top_ids=top.tolist())
+    steps = []
+    for r, (d, token) in enumerate(zip(decodings, s.token_ids)):
+        n, position, text = len(top_ids[r]), d.cache.length, d.stream.push(token)
+        index, finish = d.n_steps, d._took(token)  # noqa: SLF001
+        steps.append(Step(
+            index=index, position=position, token_id=token, text=text, finish_reason=finish,
+            trace=d.recorder.trace() if d.recorder is not None else None,
+            **{name: values[r][:n] if name.startswith("top") else values[r] for name, values in columns.items()}))
+    return steps
 
 
 @torch.inference_mode()

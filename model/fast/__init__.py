@@ -67,7 +67,10 @@ def use_packed(decoder: Decoder, packed: dict[str, PackedWeight]) -> None:
             fast = OneCallBlock.adopt(block, lambda name: packed.get(f"blocks.{i}.{name}"))
             if fast is not None:
                 decoder.blocks[i] = fast
-                for name in fast.packed_matrices():
+                for name, view in fast.packed_matrices().items():
+                    # its own Linears read the same blocks: a short prompt (or a row an intervention sends through
+                    # the reference block) then reads a fifth of the float32 weight's bytes
+                    _swap_linear(fast, name, view)
                     del packed[f"blocks.{i}.{name}"]
     for name, p in packed.items():
         owner = name.removesuffix(".weight")
@@ -75,10 +78,16 @@ def use_packed(decoder: Decoder, packed: dict[str, PackedWeight]) -> None:
             if decoder.lm_head is None:
                 decoder.lm_head = PackedLinear(decoder.embed.weight, None, p)
             continue
-        linear = decoder.get_submodule(owner)
-        if isinstance(linear, nn.Linear):
-            parent, _, child = owner.rpartition(".")
-            setattr(decoder.get_submodule(parent), child, PackedLinear(linear.weight, linear.bias, p))
+        _swap_linear(decoder, name, p)
+
+
+def _swap_linear(root: nn.Module, name: str, packed: PackedWeight) -> None:
+    """The nn.Linear whose weight is `name` (relative to root) replaced by a PackedLinear reading `packed`."""
+    owner = name.removesuffix(".weight")
+    linear = root.get_submodule(owner)
+    if isinstance(linear, nn.Linear) and not isinstance(linear, PackedLinear):
+        parent, _, child = owner.rpartition(".")
+        setattr(root.get_submodule(parent), child, PackedLinear(linear.weight, linear.bias, packed))
 
 
 FAST_PATHS: list[Callable[[Decoder, Mapping[str, StoredMatrix]], str | None]] = [gguf_blocks, bf16_weights]
