@@ -14,8 +14,9 @@ import torch
 from gradio_client import Client
 
 from bench.core import median_time
+from explorer.ui.common import Limits
 from model import load_model
-from model.batch import advance
+from model.batch import advance, sample_all
 from tests.e2e.conftest import start_app
 
 
@@ -51,9 +52,9 @@ def core_rates(lm, tokens: int, batches: tuple[int, ...] = (1, 16)) -> dict[int,
             ready = [d for d in ds if d.ready]
             if ready:
                 advance(ready)
-            for d in ds:
-                if d.logits is not None:
-                    d.sample()
+            sampling = [d for d in ds if d.logits is not None]
+            if sampling:
+                sample_all(sampling)  # as the server samples a step's rows: together
 
     run(2)  # warm-up
     return {b: b * tokens / median_time(lambda: run(b), 3) for b in batches}
@@ -72,6 +73,7 @@ def sessions(url: str, n: int, tokens: int) -> dict:
     first: list[float] = []
     counts: list[int] = []
     errors: list[str] = []
+    streams: list[float] = []  # each session's tokens/s once its first update came
     barrier = threading.Barrier(n)
 
     def run(i: int) -> None:
@@ -83,10 +85,12 @@ def sessions(url: str, n: int, tokens: int) -> dict:
             got = None
             for update in job:
                 if got is None:
-                    got = time.perf_counter() - start
+                    got, first_count = time.perf_counter() - start, len(update["tokens"])
                 count = len(update["tokens"])
             first.append(got)
             counts.append(count)
+            if count > first_count:  # the tokens after the first update, over the time they took to come
+                streams.append((count - first_count) / (time.perf_counter() - start - got))
         except Exception as e:  # counted and reported, not raised: the table says how many failed
             errors.append(str(e)[:80])
 
@@ -98,7 +102,8 @@ def sessions(url: str, n: int, tokens: int) -> dict:
         t.join()
     wall = time.perf_counter() - start
     p95 = statistics.quantiles(first, n=20)[-1] if len(first) >= 2 else (first[0] if first else float("nan"))
-    return dict(n=n, tok_s=sum(counts) / wall, p95_first=p95, errors=len(errors), wall=wall)
+    return dict(n=n, tok_s=sum(counts) / wall, p95_first=p95, errors=len(errors), wall=wall,
+                stream=statistics.median(streams) if streams else float("nan"))
 
 
 def main() -> None:
@@ -106,9 +111,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--sessions", default="1,4,16")
     ap.add_argument("--repeats", type=int, default=3, help="cold starts to time (0: none)")
-    ap.add_argument("--max-concurrent", type=int, default=16,
+    ap.add_argument("--max-concurrent", type=int, default=Limits.max_concurrent,
                     help="the app's EXPLORER_MAX_CONCURRENT: how many generations Gradio runs at once (the rest "
                          "queue), so how many a decoding step can batch")
+    ap.add_argument("--long", type=int, default=256,
+                    help="tokens of one more single session, where the request's fixed cost weighs less (0: none)")
     args = ap.parse_args()
     os.environ["EXPLORER_MAX_CONCURRENT"] = str(args.max_concurrent)  # the apps started below inherit it
     lm = load_model(device="cpu", dtype="float32")
@@ -127,10 +134,17 @@ def main() -> None:
     try:
         Client(url, verbose=False).predict(prompt="warm up", max_new_tokens=2, api_name="/generate")
         print(f"\napp with EXPLORER_MAX_CONCURRENT={args.max_concurrent}")
-        print(f"{'sessions':>8} {'tok/s (all)':>12} {'p95 first token (s)':>20} {'errors':>7} {'wall (s)':>9}")
+        print(f"{'sessions':>8} {'tok/s (all)':>12} {'x core':>7} {'p95 first token (s)':>20} {'errors':>7} "
+              f"{'wall (s)':>9} {'tok/s each, once streaming':>27}")
         for n in (int(x) for x in args.sessions.split(",")):
             r = sessions(url, n, args.tokens)
-            print(f"{r['n']:>8} {r['tok_s']:>12.1f} {r['p95_first']:>20.2f} {r['errors']:>7} {r['wall']:>9.1f}")
+            print(f"{r['n']:>8} {r['tok_s']:>12.1f} {r['tok_s'] / rates[1]:>7.2f} {r['p95_first']:>20.2f} "
+                  f"{r['errors']:>7} {r['wall']:>9.1f} {r['stream']:>27.1f}")
+        if args.long:
+            r = sessions(url, 1, args.long)
+            print(f"\none session of {args.long} tokens: {r['tok_s']:.1f} tok/s in all ({r['tok_s'] / rates[1]:.0%} of "
+                  f"the core's single stream), {r['stream']:.1f} once streaming ({r['stream'] / rates[1]:.0%}); "
+                  f"first token {r['p95_first']:.2f} s")
         print(f"\npeak memory of the app process (MiB): {peak_rss_mib(proc.pid):.0f}")
     finally:
         proc.terminate()

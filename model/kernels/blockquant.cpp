@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <cstdint>
 #include <vector>
 
@@ -143,7 +144,8 @@ AVX512 float q8_0_dot_avx512(const int8_t* q, const float* d, const float* x, in
 // for every row (a batched decoding step reads each weight once, not once a row), and each row's sums are the same
 // operations in the same order as the one-row functions above, so a row's result is the same bits whatever rows it
 // shares a product with.
-constexpr int TILE = 4;
+// Rows go in tiles of 8, then of 4 (by_tiles), then one by one: the wider the tile, the fewer times each block is
+// widened (8 rows: 16 accumulators and the widened blocks fit AVX-512's 32 registers).
 
 // a Q4_1 block's 32 quants as float32: elements 0..15 (lo) and 16..31 (hi)
 AVX512 inline void q4_1_widen(const uint8_t* q, __m512& lo, __m512& hi) {
@@ -159,10 +161,11 @@ AVX512 inline void q8_0_widen(const int8_t* q, __m512& a, __m512& c) {
   c = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1)));
 }
 
+template <int ROWS>
 AVX512 void q4_1_dots_avx512(const uint8_t* q, const float* d, const float* m, const float* const* x,
                              const float* const* xsum, int64_t nb, float* out) {
-  __m512 acc0[TILE], acc1[TILE];
-  for (int r = 0; r < TILE; ++r) {
+  __m512 acc0[ROWS], acc1[ROWS];
+  for (int r = 0; r < ROWS; ++r) {
     acc0[r] = _mm512_setzero_ps();
     acc1[r] = q4_1_min_avx512(m, xsum[r], nb, _mm512_setzero_ps());
   }
@@ -172,51 +175,53 @@ AVX512 void q4_1_dots_avx512(const uint8_t* q, const float* d, const float* m, c
     q4_1_widen(q + b * 16, lo0, hi0);
     q4_1_widen(q + (b + 1) * 16, lo1, hi1);
     const __m512 d0 = _mm512_set1_ps(d[b]), d1 = _mm512_set1_ps(d[b + 1]);
-    for (int r = 0; r < TILE; ++r) {
+    for (int r = 0; r < ROWS; ++r) {
       const float *x0 = x[r] + b * BLOCK, *x1 = x0 + BLOCK;
       acc0[r] = _mm512_fmadd_ps(d0, _mm512_fmadd_ps(hi0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(lo0, _mm512_loadu_ps(x0))), acc0[r]);
       acc1[r] = _mm512_fmadd_ps(d1, _mm512_fmadd_ps(hi1, _mm512_loadu_ps(x1 + 16), _mm512_mul_ps(lo1, _mm512_loadu_ps(x1))), acc1[r]);
     }
   }
   if (b < nb)
-    for (int r = 0; r < TILE; ++r)
+    for (int r = 0; r < ROWS; ++r)
       acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q4_1_block_avx512(q + b * 16, x[r] + b * BLOCK), acc0[r]);
-  for (int r = 0; r < TILE; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+  for (int r = 0; r < ROWS; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
 }
 
+template <int ROWS>
 AVX512 void q8_0_dots_avx512(const int8_t* q, const float* d, const float* const* x, int64_t nb, float* out) {
-  __m512 acc0[TILE], acc1[TILE];
-  for (int r = 0; r < TILE; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  __m512 acc0[ROWS], acc1[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
   int64_t b = 0;
   for (; b + 1 < nb; b += 2) {
     __m512 a0, c0, a1, c1;
     q8_0_widen(q + b * BLOCK, a0, c0);
     q8_0_widen(q + (b + 1) * BLOCK, a1, c1);
     const __m512 d0 = _mm512_set1_ps(d[b]), d1 = _mm512_set1_ps(d[b + 1]);
-    for (int r = 0; r < TILE; ++r) {
+    for (int r = 0; r < ROWS; ++r) {
       const float *x0 = x[r] + b * BLOCK, *x1 = x0 + BLOCK;
       acc0[r] = _mm512_fmadd_ps(d0, _mm512_fmadd_ps(c0, _mm512_loadu_ps(x0 + 16), _mm512_mul_ps(a0, _mm512_loadu_ps(x0))), acc0[r]);
       acc1[r] = _mm512_fmadd_ps(d1, _mm512_fmadd_ps(c1, _mm512_loadu_ps(x1 + 16), _mm512_mul_ps(a1, _mm512_loadu_ps(x1))), acc1[r]);
     }
   }
   if (b < nb)
-    for (int r = 0; r < TILE; ++r)
+    for (int r = 0; r < ROWS; ++r)
       acc0[r] = _mm512_fmadd_ps(_mm512_set1_ps(d[b]), q8_0_block_avx512(q + b * BLOCK, x[r] + b * BLOCK), acc0[r]);
-  for (int r = 0; r < TILE; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
+  for (int r = 0; r < ROWS; ++r) out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r]));
 }
 
+template <int ROWS>
 AVX512 void bf16_dots_avx512(const uint16_t* w, const float* const* x, int64_t k, float* out) {
-  __m512 acc0[TILE], acc1[TILE];
-  for (int r = 0; r < TILE; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  __m512 acc0[ROWS], acc1[ROWS];
+  for (int r = 0; r < ROWS; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= k; i += 32) {
     const __m512 w0 = bf16x16_avx512(w + i), w1 = bf16x16_avx512(w + i + 16);
-    for (int r = 0; r < TILE; ++r) {
+    for (int r = 0; r < ROWS; ++r) {
       acc0[r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r] + i), acc0[r]);
       acc1[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + i + 16), acc1[r]);
     }
   }
-  for (int r = 0; r < TILE; ++r) {
+  for (int r = 0; r < ROWS; ++r) {
     float tail = 0.f;
     for (int64_t j = i; j < k; ++j) tail += bf16_value(w[j]) * x[r][j];
     out[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r], acc1[r])) + tail;
@@ -317,6 +322,23 @@ inline void prefetch(const void* p, int64_t bytes) {
 #endif
 }
 
+// The rows of x against weight row i in tiles of 8, then of 4: dots(rows constant, first row, out) computes a tile's
+// results into out, stored into y [rows, n]; returns the first row left for the one-row function.
+template <typename Dots>
+inline int64_t by_tiles(int64_t rows, float* y, int64_t n, int64_t i, Dots dots) {
+  int64_t r = 0;
+  float out[8];
+  for (; r + 8 <= rows; r += 8) {
+    dots(std::integral_constant<int, 8>{}, r, out);
+    for (int t = 0; t < 8; ++t) y[(r + t) * n + i] = out[t];
+  }
+  for (; r + 4 <= rows; r += 4) {
+    dots(std::integral_constant<int, 4>{}, r, out);
+    for (int t = 0; t < 4; ++t) y[(r + t) * n + i] = out[t];
+  }
+  return r;
+}
+
 }  // namespace
 
 torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& d,
@@ -347,11 +369,9 @@ torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
       int64_t r = 0;
 #ifdef EXPLORER_X86
       if (ISA == Isa::avx512) {
-        float out[TILE];
-        for (; r + TILE <= rows; r += TILE) {
-          q4_1_dots_avx512(qi, di, mi, &xs[r], &ss[r], nb, out);
-          for (int t = 0; t < TILE; ++t) py[(r + t) * n + i] = out[t];
-        }
+        r = by_tiles(rows, py, n, i, [&](auto tile, int64_t r0, float* out) {
+          q4_1_dots_avx512<decltype(tile)::value>(qi, di, mi, &xs[r0], &ss[r0], nb, out);
+        });
       }
 #endif
       for (; r < rows; ++r) {
@@ -388,11 +408,9 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
       int64_t r = 0;
 #ifdef EXPLORER_X86
       if (ISA == Isa::avx512) {
-        float out[TILE];
-        for (; r + TILE <= rows; r += TILE) {
-          q8_0_dots_avx512(qi, di, &xs[r], nb, out);
-          for (int t = 0; t < TILE; ++t) py[(r + t) * n + i] = out[t];
-        }
+        r = by_tiles(rows, py, n, i, [&](auto tile, int64_t r0, float* out) {
+          q8_0_dots_avx512<decltype(tile)::value>(qi, di, &xs[r0], nb, out);
+        });
       }
 #endif
       for (; r < rows; ++r) {
@@ -429,11 +447,9 @@ torch::Tensor bf16_matmul(const torch::Tensor& x, const torch::Tensor& w) {
       int64_t r = 0;
 #ifdef EXPLORER_X86
       if (ISA == Isa::avx512) {
-        float out[TILE];
-        for (; r + TILE <= rows; r += TILE) {
-          bf16_dots_avx512(wi, &xs[r], k, out);
-          for (int t = 0; t < TILE; ++t) py[(r + t) * n + i] = out[t];
-        }
+        r = by_tiles(rows, py, n, i, [&](auto tile, int64_t r0, float* out) {
+          bf16_dots_avx512<decltype(tile)::value>(wi, &xs[r0], k, out);
+        });
       }
 #endif
       for (; r < rows; ++r) {
