@@ -486,6 +486,83 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double ep
 }
 
 // One head's rotate-half RoPE at one position: out = x * cos + rotate_half(x) * sin, d = 2 * half values.
+// One query's attention over n keys and values (each hd floats, one after the other): softmax(q . k * scale)
+// weighting the values, into out [hd]; p [n] is scratch. The same serial code for a query whatever else runs, so a
+// row's numbers do not depend on its companions. With AVX-512 (hd a multiple of 16) the products over hd are vector
+// operations; a serial chain of scalar additions (what a compiler must keep without -ffast-math) waits on each one,
+// which made a step at 900 tokens three times as long as at 30.
+inline void attend_scalar(const float* q, const float* keys, const float* values, int64_t n, int64_t hd, float scale,
+                          float* p, float* out) {
+  float top = -INFINITY, total = 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    float dot = 0.f;
+    for (int64_t i = 0; i < hd; ++i) dot += q[i] * keys[j * hd + i];
+    p[j] = dot * scale;
+    top = std::max(top, p[j]);
+  }
+  for (int64_t j = 0; j < n; ++j) total += (p[j] = std::exp(p[j] - top));
+  std::fill(out, out + hd, 0.f);
+  for (int64_t j = 0; j < n; ++j) {
+    const float w = p[j] / total;
+    for (int64_t i = 0; i < hd; ++i) out[i] += w * values[j * hd + i];
+  }
+}
+
+#ifdef EXPLORER_X86
+constexpr int64_t MAX_HEAD_VECTORS = 16;  // head dimensions up to 256 in registers-worth of accumulators
+
+// e^x for 16 floats (x <= 88), within about an ulp of std::exp (Cephes' expf): x = n ln 2 + r with |r| <= ln 2 / 2,
+// e^r by its degree-7 polynomial, times 2^n (scalef handles what underflows)
+AVX512 inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.f));  // below this e^x is 0 in float32
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+AVX512 void attend_avx512(const float* q, const float* keys, const float* values, int64_t n, int64_t hd,
+                          float scale, float* p, float* out) {
+  const int64_t vectors = hd / 16;
+  float top = -INFINITY, total = 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* k = keys + j * hd;
+    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+    for (int64_t v = 1; v < vectors; ++v) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * v), _mm512_loadu_ps(k + 16 * v), acc);
+    p[j] = _mm512_reduce_add_ps(acc) * scale;
+    top = std::max(top, p[j]);
+  }
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(p + j, exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(p + j), _mm512_set1_ps(top))));
+  for (; j < n; ++j) p[j] = std::exp(p[j] - top);
+  for (j = 0; j < n; ++j) total += p[j];
+  __m512 sum[MAX_HEAD_VECTORS];
+  for (int64_t v = 0; v < vectors; ++v) sum[v] = _mm512_setzero_ps();
+  for (j = 0; j < n; ++j) {
+    const __m512 w = _mm512_set1_ps(p[j] / total);
+    for (int64_t v = 0; v < vectors; ++v) sum[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(values + j * hd + 16 * v), sum[v]);
+  }
+  for (int64_t v = 0; v < vectors; ++v) _mm512_storeu_ps(out + 16 * v, sum[v]);
+}
+#endif
+
+inline void attend(const float* q, const float* keys, const float* values, int64_t n, int64_t hd, float scale,
+                   float* p, float* out) {
+#ifdef EXPLORER_X86
+  if (ISA == Isa::avx512 && hd % 16 == 0 && hd / 16 <= MAX_HEAD_VECTORS)
+    return attend_avx512(q, keys, values, n, hd, scale, p, out);
+#endif
+  attend_scalar(q, keys, values, n, hd, scale, p, out);
+}
+
 inline void rope_row(const float* x, const float* c, const float* s, int64_t half, float* out) {
   for (int64_t i = 0; i < half; ++i) {
     out[i] = x[i] * c[i] + (-x[i + half]) * s[i];
@@ -557,20 +634,7 @@ torch::Tensor llama_block_rows(const torch::Tensor& h, const torch::Tensor& attn
       rope_row(pqkv + r * width + head * hd, pc + r * hd, ps + r * hd, half, qr.data());
       const float* keys = k_caches[r].data_ptr<float>() + (head / group) * cap * hd;
       const float* values = v_caches[r].data_ptr<float>() + (head / group) * cap * hd;
-      float top = -INFINITY, total = 0.f;
-      for (int64_t j = 0; j < n; ++j) {
-        float dot = 0.f;
-        for (int64_t i = 0; i < hd; ++i) dot += qr[i] * keys[j * hd + i];
-        p[j] = dot * float(scale);
-        top = std::max(top, p[j]);
-      }
-      for (int64_t j = 0; j < n; ++j) total += (p[j] = std::exp(p[j] - top));
-      float* out = pa + r * n_heads * hd + head * hd;
-      std::fill(out, out + hd, 0.f);
-      for (int64_t j = 0; j < n; ++j) {
-        const float w = p[j] / total;
-        for (int64_t i = 0; i < hd; ++i) out[i] += w * values[j * hd + i];
-      }
+      attend(qr.data(), keys, values, n, hd, float(scale), p.data(), pa + r * n_heads * hd + head * hd);
     }
   });
   auto mid = x + wo(attn);

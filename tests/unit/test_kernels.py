@@ -144,11 +144,12 @@ def test_kernel_decoding_equals_reference_decoding(embedded_lm, reference_lm):
     assert ((a - b).norm(dim=-1) / b.norm(dim=-1)).max() < 1e-5
 
 
-def test_one_call_block_step_equals_the_reference_block(embedded_lm, reference_lm):
+@pytest.mark.parametrize("repeats", [1, 12])  # 8 tokens, and 85: the attention's vector softmax takes 16 keys at once
+def test_one_call_block_step_equals_the_reference_block(embedded_lm, reference_lm, repeats):
     from model.cache import KVCache
 
     fast_decoder, decoder = embedded_lm.decoder, reference_lm.decoder
-    ids = torch.tensor([embedded_lm.tokenizer.encode("The quick brown fox jumps over the")])
+    ids = torch.tensor([embedded_lm.tokenizer.encode(" ".join(["The quick brown fox jumps over the"] * repeats))])
     t = ids.shape[1]
     with torch.inference_mode():
         h = decoder.embed_tokens(ids, torch.arange(t))
