@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 FONT = "Inter, system-ui, -apple-system, Segoe UI, Roboto, sans-serif"
 FONT_SIZE = 15
@@ -42,10 +43,15 @@ THEME = go.layout.Template(
 )
 
 
+# every figure starts with the house theme: plotly applies its default template unvalidated when a figure is made, where
+# setting one on each figure validated and deep-copied it (a sixth of a figure's time, with the GIL held)
+pio.templates["explorer"] = THEME
+pio.templates.default = "explorer"
+
+
 def layout(fig: go.Figure, title: str = "", height: int = 460, **kwargs) -> go.Figure:
-    """Apply the house layout: light theme, readable fonts, explicit height, tight margins."""
+    """Apply the house layout (the theme is every figure's default): readable fonts, explicit height, tight margins."""
     fig.update_layout(
-        template=THEME,
         title=dict(text=title, x=0.01, font=dict(size=FONT_SIZE + 3)) if title else None,
         height=height,
         font=dict(family=FONT, size=FONT_SIZE),
