@@ -145,8 +145,9 @@ def sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     top = torch.nn.utils.rnn.pad_sequence([top_ids[r] for r in range(len(decodings))], batch_first=True)
     columns = dict(  # each [B] or [B, top-n], as lists
         prob=s.probs.gather(1, tokens)[:, 0], sampled_prob=s.final_probs.gather(1, tokens)[:, 0],
-        entropy=entropies(s.probs, s.logits), top_probs=s.probs.gather(1, top), top_sampled_probs=s.final_probs.gather(1, top),
-        top_kept=s.kept.gather(1, top), n_kept=s.kept.sum(-1), kept_mass=row_sums(s.probs * s.kept))
+        entropy=entropies(s.probs, s.logits), top_probs=s.probs.gather(1, top),
+        top_sampled_probs=s.final_probs.gather(1, top), top_kept=s.kept.gather(1, top), n_kept=s.kept.sum(-1),
+        kept_mass=row_sums(s.probs * s.kept))
     columns = {name: values.tolist() for name, values in columns.items()} | dict(top_ids=top.tolist())
     steps = []
     for r, (d, token) in enumerate(zip(decodings, s.token_ids)):

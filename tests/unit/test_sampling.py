@@ -117,3 +117,31 @@ def test_cuts_match_a_full_sort_on_a_real_vocabulary(scale, top_k, top_p):
     for token in differ.tolist():
         assert abs(float(probs[probs > probs[token]].sum()) - top_p) < 1e-5
     assert len(differ) <= 1 and s.kept.sum() > 0 and s.kept[s.token_id]
+
+
+def test_rows_sampled_together_get_what_each_gets_alone():
+    """A batched decoding step samples all its rows in one set of operations (Samples.of): greedy, temperature only,
+    top-k, top-p with a nucleus wider than its first candidates (a nearly flat row), top-k with top-p. Each row's
+    token, distributions and kept set are the bits it gets alone, whatever rows are beside it."""
+    from model.sampling import Samples, entropies, row_sums
+
+    logits = torch.randn(6, 49152, generator=gen(11)) * torch.tensor([[3.0], [3.0], [8.0], [0.05], [3.0], [1.0]])
+    settings = [SamplerSettings(greedy=True), SamplerSettings(temperature=0.7),
+                SamplerSettings(temperature=1.0, top_k=50), SamplerSettings(temperature=1.0, top_p=0.9),
+                SamplerSettings(temperature=0.8, top_k=40, top_p=0.8), SamplerSettings(temperature=1.3, top_p=0.5)]
+    together = Samples.of(logits, settings, [gen(r) for r in range(6)])
+    assert int(together.kept[3].sum()) > 1024  # the wide nucleus really left the first candidates
+    for rows in ([0, 1, 2, 3, 4, 5], [5, 3], [2]):
+        part = Samples.of(logits[rows], [settings[r] for r in rows], [gen(r) for r in rows])
+        for i, r in enumerate(rows):
+            alone = Samples.of(logits[r : r + 1], [settings[r]], [gen(r)])
+            assert alone.token_ids[0] == part.token_ids[i] == together.token_ids[r]
+            for name in ("probs", "final_probs", "kept"):
+                assert torch.equal(getattr(alone, name)[0], getattr(part, name)[i]), (name, r)
+                assert torch.equal(getattr(alone, name)[0], getattr(together, name)[r]), (name, r)
+    # the sums (entropy, kept mass) too: a plain sum of one long row is split between threads, of many rows not
+    terms = together.probs * logits
+    for r in range(6):
+        alone = entropies(together.probs[r : r + 1], logits[r : r + 1])[0]
+        assert torch.equal(entropies(together.probs, logits)[r], alone)
+        assert torch.equal(row_sums(terms)[r], row_sums(terms[r : r + 1])[0])
