@@ -10,7 +10,7 @@ import torch
 
 from .cache import KVCache
 from .decoder import Attention, Block, Decoder
-from .fast.llama_block import OneCallBlock
+from .fast.llama_block import OneCallBlock, step_all
 from .fast.packed import MAX_PACKED_ROWS
 from .interventions import NO_INTERVENTIONS, Interventions
 from .layers import apply_rope, attention
@@ -166,7 +166,7 @@ def advance(decodings: Sequence[Decoding]) -> None:
     forward pass for all (MAX_ROWS at a time); alone, exactly the reference forward."""
     for start in range(0, len(decodings), MAX_ROWS):
         rows = decodings[start : start + MAX_ROWS]
-        if len(rows) == 1:
+        if len(rows) == 1 and not one_call(rows[0].lm.decoder, rows):
             rows[0].logits = rows[0]._forward(rows[0].pending)  # noqa: SLF001
         else:
             for d, logits in zip(rows, forward_rows(rows[0].lm.decoder, rows)):
@@ -186,6 +186,20 @@ def forward_rows(decoder: Decoder, rows: Sequence[Decoding]) -> list[torch.Tenso
     positions = torch.tensor([c.length for c in caches], device=ids.device)  # [B]: each row's own
     h = decoder.embed_tokens(ids, positions[:, None])  # [B, 1, d]
     rope = decoder.rope(positions, h.dtype)  # cos, sin [B, d_rot]
+    if one_call(decoder, rows):  # every block in one compiled call
+        recorded = None
+        if any(d.recorder is not None for d in rows):
+            recorded = h.new_empty(len(decoder.blocks) + 1, len(rows), h.shape[-1])  # [L + 1, B, d]
+            recorded[0] = h[:, 0]
+        h = step_all(list(decoder.blocks), h, rope, caches, None if recorded is None else recorded[1:])
+        for cache in caches:
+            cache.advance(1)
+        logits = decoder.unembed(h)[:, 0].cpu()  # [B, vocab]
+        for r, d in enumerate(rows):
+            if d.recorder is not None:
+                d.recorder.residuals(recorded[:, r : r + 1])
+                d.recorder.commit(ids[r])
+        return list(logits)
     residuals = [h]  # [B, 1, d] after the embedding, then after each block
     routings: list[list] = [[] for _ in rows]  # each row's MoE choices: (layer, experts [1, k], weights [1, k])
     for block in decoder.blocks:
@@ -214,6 +228,15 @@ def forward_rows(decoder: Decoder, rows: Sequence[Decoding]) -> list[torch.Tenso
                 d.recorder.residual(index, hidden[r : r + 1])
             d.recorder.commit(ids[r])
     return list(logits)
+
+
+def one_call(decoder: Decoder, rows: Sequence[Decoding]) -> bool:
+    """Whether a decoding step of these rows runs every block in one compiled call (step_all): all blocks have the
+    compiled step (float32, RoPE) and no row's interventions touch any layer. Alone or batched, such a row's numbers
+    are the same: the same call, row by row."""
+    blocks = decoder.blocks
+    return (all(isinstance(b, OneCallBlock) for b in blocks) and decoder.embed.weight.dtype == torch.float32
+            and decoder.config.rope is not None and not any(len(d.interventions) for d in rows))
 
 
 def _rows(rope: tuple[torch.Tensor, torch.Tensor] | None, rows: list[int]):

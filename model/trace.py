@@ -29,6 +29,7 @@ class TraceRecorder:
         self.experts = torch.empty(len(self.moe_layers), capacity, k, dtype=torch.long)
         self.weights = torch.empty(len(self.moe_layers), capacity, k, dtype=torch.float32)
         self._pending: list[torch.Tensor] = []
+        self._stacked: torch.Tensor | None = None  # or every layer's at once (residuals)
         self._pending_routing: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def residual(self, index: int, h: torch.Tensor) -> None:
@@ -36,13 +37,18 @@ class TraceRecorder:
             raise ValueError("recording supports one sequence at a time")
         self._pending.append(h[0].detach())
 
+    def residuals(self, hidden: torch.Tensor) -> None:
+        """Every residual of a forward pass at once, hidden [L + 1, T, d] (a compiled step's), for the next commit."""
+        self._stacked = hidden
+
     def routing(self, layer: int, experts: torch.Tensor, weights: torch.Tensor) -> None:
         self._pending_routing.append((experts.detach(), weights.detach().float()))
 
     def commit(self, ids: torch.Tensor) -> None:
         """After a forward over ids [T]: move the pending layers to the CPU in one copy and append them."""
-        stacked = torch.stack(self._pending).to("cpu", non_blocking=False)  # [L+1, T, d]
+        stacked = (self._stacked if self._stacked is not None else torch.stack(self._pending)).to("cpu")  # [L+1, T, d]
         self._pending.clear()
+        self._stacked = None
         start, end = self.length, self.length + stacked.shape[1]
         if end > self.hidden.shape[1]:
             capacity = max(end, 2 * self.hidden.shape[1])

@@ -3,6 +3,7 @@ RMSNorm, fused q/k/v, RoPE, the cache write, grouped-query attention and SwiGLU,
 Python would spend as long dispatching the step's ~40 small ops as the matrix products take."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable
 
 import torch
@@ -67,6 +68,14 @@ class OneCallBlock(Block):
             return super().forward(h, positions, rope, cache, recorder, interventions)
         return self.step_rows(h, rope, [cache])
 
+    @cached_property
+    def for_kernels(self):
+        """This block as the compiled kernels take it (model/kernels: LlamaBlock)."""
+        attn: Attention = self.attn
+        return kernels.extension().LlamaBlock(
+            self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, self.qkv.for_kernels, self.wo.for_kernels,
+            self.gate_up.for_kernels, self.w_down.for_kernels, attn.n_heads, attn.n_kv_heads, attn.scale)
+
     def step_rows(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], caches: list[KVCache]) -> torch.Tensor:
         """One new token of each of B sequences, h [B, 1, d] float32, each over its own cache (at its own length;
         rope: cos, sin [B, d_head] at those positions), in one compiled call that reads the matrices once for all."""
@@ -78,3 +87,17 @@ class OneCallBlock(Block):
             self.wo.for_kernels, self.gate_up.for_kernels, self.w_down.for_kernels, attn.n_heads, attn.n_kv_heads,
             rope[0].contiguous(), rope[1].contiguous(), [k for k, _ in buffers], [v for _, v in buffers],
             [cache.length for cache in caches], attn.scale)
+
+
+def step_all(blocks: list[OneCallBlock], h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+             caches: list[KVCache], residuals: torch.Tensor | None = None) -> torch.Tensor:
+    """OneCallBlock.step_rows through every block in turn, in one compiled call (model/kernels: llama_blocks_rows): the
+    model thread gives up the GIL once a step instead of around each block, and other threads' Python makes it wait
+    once. residuals [layers, B, d], when given, receives each block's output."""
+    attn: Attention = blocks[0].attn
+    like = h.new_empty(1, attn.n_kv_heads, 0, attn.d_head)
+    buffers = [[cache.reserve(block.layer, cache.length + 1, like, like) for cache in caches] for block in blocks]
+    return kernels.extension().llama_blocks_rows(
+        h.contiguous(), [block.for_kernels for block in blocks], rope[0].contiguous(), rope[1].contiguous(),
+        [[k for k, _ in layer] for layer in buffers], [[v for _, v in layer] for layer in buffers],
+        [cache.length for cache in caches], residuals)

@@ -652,6 +652,38 @@ torch::Tensor llama_block_rows(const torch::Tensor& h, const torch::Tensor& attn
   return (mid + down(act)).view(h.sizes());
 }
 
+// A Llama-style block's weights and settings as llama_block_rows takes them (model/fast/llama_block.py builds one per
+// block, once).
+struct LlamaBlock {
+  torch::Tensor attn_norm, mlp_norm;
+  double eps;
+  Packed qkv, wo, gate_up, down;
+  int64_t n_heads, n_kv_heads;
+  double scale;
+};
+
+// One new token of each row through every block in turn: llama_block_rows layer after layer, in one call. A step then
+// gives up the GIL (and runs Python) once, not around each block's call: while other threads run Python, each time
+// the model takes the GIL back it waits up to the interpreter's switch interval. k_caches[layer][row] as
+// llama_block_rows takes them; residuals, when given ([layers, rows, d]), receives each block's output.
+torch::Tensor llama_blocks_rows(torch::Tensor h, const std::vector<LlamaBlock>& blocks, const torch::Tensor& cos,
+                                const torch::Tensor& sin, const std::vector<std::vector<torch::Tensor>>& k_caches,
+                                const std::vector<std::vector<torch::Tensor>>& v_caches,
+                                const std::vector<int64_t>& positions, const std::optional<torch::Tensor>& residuals) {
+  const int64_t layers = blocks.size(), d = h.size(-1), rows = h.numel() / d;
+  TORCH_CHECK(int64_t(k_caches.size()) == layers && int64_t(v_caches.size()) == layers, "caches for every block");
+  TORCH_CHECK(!residuals || (residuals->dim() == 3 && residuals->size(0) == layers && residuals->size(1) == rows &&
+                             residuals->size(2) == d && residuals->scalar_type() == torch::kFloat32),
+              "residuals: float32 [layers, rows, d]");
+  for (int64_t l = 0; l < layers; ++l) {
+    const LlamaBlock& b = blocks[l];
+    h = llama_block_rows(h, b.attn_norm, b.mlp_norm, b.eps, b.qkv, b.wo, b.gate_up, b.down, b.n_heads, b.n_kv_heads,
+                         cos, sin, k_caches[l], v_caches[l], positions, b.scale);
+    if (residuals) (*residuals)[l].copy_(h.view({rows, d}));
+  }
+  return h;
+}
+
 std::string isa() { return ISA == Isa::avx512 ? "avx512" : ISA == Isa::avx2 ? "avx2" : "scalar"; }
 
 // Use a given instruction set ("avx512", "avx2", "scalar", or "best"), if this CPU has it; returns the one in use.
@@ -679,6 +711,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       }))
       .def("__call__", &Packed::operator(), "x [M, K] float32 -> x @ W^T [M, N]", release());
   module.def("llama_block_rows", &llama_block_rows, "one new token of each row through a Llama-style block", release());
+  py::class_<LlamaBlock>(module, "LlamaBlock")
+      .def(py::init<torch::Tensor, torch::Tensor, double, Packed, Packed, Packed, Packed, int64_t, int64_t, double>());
+  module.def("llama_blocks_rows", &llama_blocks_rows, "one new token of each row through every Llama-style block",
+             release());
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }

@@ -170,6 +170,29 @@ def test_one_call_block_step_equals_the_reference_block(embedded_lm, reference_l
             h = block(h, torch.arange(t), rope, None)
 
 
+def test_every_block_in_one_call_equals_the_blocks_one_by_one(embedded_lm):
+    """A decoding step runs every block in one compiled call (model/fast/llama_block.py step_all, what model/batch.py
+    uses for a step without interventions); the same step through Decoder.forward calls the compiled block step once
+    per block from Python. Logits and recorded residual streams are the same bits, token after token."""
+    from model.batch import advance, one_call
+
+    lm = embedded_lm
+    ids = lm.prompt_ids("The quick brown fox jumps over the lazy dog, and then")
+    a, b = (lm.decoding(ids, max_new_tokens=40, greedy=True, stop_at_eos=False, record=True) for _ in range(2))
+    for d in (a, b):
+        while d.logits is None:
+            d.prefill()
+    assert one_call(lm.decoder, [a])
+    for _ in range(12):
+        for d in (a, b):
+            d.sample()
+        a.logits = a._forward(a.pending)  # the blocks one by one (Decoder.forward)
+        a.pending = []
+        advance([b])  # the one call
+        assert torch.equal(a.logits, b.logits)
+    assert torch.equal(a.recorder.trace().residual, b.recorder.trace().residual)
+
+
 def test_fast_modules_keep_the_reference_names_and_values(embedded_lm, reference_lm):
     fast = dict(embedded_lm.decoder.named_parameters())
     assert fast.keys() == dict(reference_lm.decoder.named_parameters()).keys()
