@@ -31,7 +31,7 @@ def main() -> None:
     args = options()
     # The model loads on the model thread (explorer/model_thread.py: the only thread that runs torch, because
     # each extra OpenMP team halves decoding) while this one imports Gradio (about 2.5 s saved at start-up).
-    from explorer.model_thread import MODEL_THREAD
+    from explorer.model_thread import MODEL_THREAD, freeze_startup_heap
 
     loading = MODEL_THREAD.submit(_load, args.model, args.device, args.dtype)
     from explorer.i18n import I18N
@@ -41,6 +41,7 @@ def main() -> None:
     limits = Limits.from_env()
     lm = loading.result()
     app = MODEL_THREAD.run(build_app, lm, limits)
+    freeze_startup_heap()  # the collector never rescans the model's and the app's objects (explorer/model_thread.py)
     app.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
     app.launch(server_name=args.host, server_port=args.port, share=args.share, css=css(), head=head_html(),
                theme="default", show_error=True, max_file_size=MAX_UPLOAD_BYTES, i18n=I18N)

@@ -2,6 +2,7 @@
 ended; and the server-wide count of running and ended generations that /stats reports."""
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import Counter
@@ -45,7 +46,9 @@ class ActiveGenerations:
             return dict(active_generations=self.count, ended_generations=dict(self.ended),
                         generated_tokens=self.tokens,
                         # seconds, since the previous call: what another session's next token may have waited for
-                        longest_model_tasks=MODEL_THREAD.longest_tasks(reset=True))
+                        longest_model_tasks=MODEL_THREAD.longest_tasks(reset=True),
+                        # objects the garbage collector no longer scans (explorer/model_thread.py freeze_startup_heap)
+                        gc_frozen_objects=gc.get_freeze_count())
 
 
 ACTIVE = ActiveGenerations()

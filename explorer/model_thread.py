@@ -9,6 +9,7 @@ that asked for it (drawing() keeps torch there to one OpenMP thread, so no team 
 recomputes with the model here (Recomputing), so that another session waits at most that long for its next token."""
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import threading
@@ -68,6 +69,17 @@ MODEL_THREAD = ModelThread()
 # 0.5 ms and 36 ms at 0.1 ms, while the drawing thread drew as many figures a second (28-30) at either.
 SWITCH_INTERVAL = 0.0001
 sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def freeze_startup_heap() -> int:
+    """Once the model and the app are built: their objects (about 350,000 with SmolLM2's tokenizer and the app's 215
+    components) move to a generation the garbage collector never scans again, and the number moved is returned. A
+    full collection over them took 140 ms with the GIL held, every other thread stopped, and a render's allocations
+    set one off every few seconds: another session's next token waited that long. After the freeze a full collection
+    scans only what came later (5 ms for 100,000 new objects)."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 _drawing = threading.local()
