@@ -136,3 +136,25 @@ def test_sessions_never_see_each_others_prompts_or_outputs(browser, app_url):
                                arg=f"characters\t{len(prompt)}")
     ca.close()
     cb.close()
+
+
+def test_the_title_line_shows_the_app_and_the_whole_model_name_on_a_projector(browser, app_url):
+    """At 1280x720 the title line holds the app's name, its purpose (cut with an ellipsis if it must be), the
+    controls and the model's name: the name whole, never cut."""
+    context, page = open_page(browser, app_url, viewport={"width": 1280, "height": 720})
+    try:
+        cut = page.evaluate("""() => {
+            const clipped = (el, box) => {
+                const r = el.getBoundingClientRect(), b = box.getBoundingClientRect();
+                return r.left < b.left - 0.5 || r.right > b.right + 0.5;
+            };
+            const summary = document.querySelector('#model-summary .summary');
+            const range = document.createRange();
+            range.selectNodeContents(summary.querySelector('b'));
+            const name = range.getBoundingClientRect();
+            return {name: name.right > summary.getBoundingClientRect().right + 0.5,
+                    app: clipped(document.querySelector('#title h1'), document.querySelector('#title'))};
+        }""")
+        assert cut == {"name": False, "app": False}
+    finally:
+        context.close()
