@@ -62,11 +62,12 @@ class ModelThread:
 
 
 MODEL_THREAD = ModelThread()
-# The model thread gives up the GIL inside every torch call and takes it back between them, about a hundred times a
-# token. While a render draws (plotly, JSON: pure Python) on another thread, each take-back waits for that thread to
-# reach the interpreter's switch interval (5 ms by default): a 15 ms decoding step then takes a few hundred. A shorter
-# interval bounds each wait to it: beside a thread drawing attention figures nonstop, a step took a median of 71 ms at
-# 0.5 ms and 36 ms at 0.1 ms, while the drawing thread drew as many figures a second (28-30) at either.
+# The model thread gives up the GIL inside every torch call and takes it back between them, a few dozen times a
+# token (every block in one call: model/fast/llama_block.py step_all). While a render draws (plotly, JSON: pure
+# Python) on another thread, each take-back waits for that thread to reach the interpreter's switch interval (5 ms
+# by default): a 15 ms decoding step then takes a few hundred. A shorter interval bounds each wait to it: beside a
+# thread drawing attention figures nonstop, a step took a median of 71 ms at 0.5 ms and 36 ms at 0.1 ms (before
+# step_all), while the drawing thread drew as many figures a second (28-30) at either.
 SWITCH_INTERVAL = 0.0001
 sys.setswitchinterval(SWITCH_INTERVAL)
 
