@@ -69,22 +69,6 @@ def test_bf16_products_match_a_float32_matmul_on_every_path(ext, isa, n, k):
 
 
 
-@pytest.mark.parametrize("kind", ["q4_1", "q8_0", "bf16"])
-def test_a_row_gets_the_same_bits_whatever_rows_share_its_product(ext, kind):
-    """A batched decoding step multiplies up to 16 rows at once, in tiles of 8 and 4 and then single rows: each row's
-    result must be the bits it gets alone, wherever it falls (what keeps a seeded generation's tokens independent of
-    its companions)."""
-    n, k = 67, 544  # an odd number of blocks
-    if kind == "bf16":
-        packed = PackedWeight.from_bf16_values((torch.randn(n, k) * 0.1).to(torch.bfloat16).float())
-    else:
-        packed = PackedWeight.from_stored(quantized(n, k, Q.Q4_1 if kind == "q4_1" else Q.Q8_0)[0],
-                                          Q.Q4_1 if kind == "q4_1" else Q.Q8_0)
-    x = torch.randn(16, k, generator=torch.Generator().manual_seed(5))
-    alone = torch.cat([packed.matmul(x[r : r + 1]) for r in range(16)])
-    for start, stop in [(0, 16), (0, 13), (3, 16), (2, 9), (1, 5), (0, 2)]:  # 8+8, 8+4+1, 8+4+1, 4+3, 4, 2
-        assert torch.equal(packed.matmul(x[start:stop]), alone[start:stop]), (start, stop)
-
 def test_float32_values_that_are_not_bf16_are_never_rounded():
     w = torch.randn(8, 64, dtype=torch.bfloat16).float()
     assert PackedWeight.from_bf16_values(w) is not None
