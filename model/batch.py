@@ -186,37 +186,19 @@ def forward_rows(decoder: Decoder, rows: Sequence[Decoding]) -> list[torch.Tenso
     positions = torch.tensor([c.length for c in caches], device=ids.device)  # [B]: each row's own
     h = decoder.embed_tokens(ids, positions[:, None])  # [B, 1, d]
     rope = decoder.rope(positions, h.dtype)  # cos, sin [B, d_rot]
-    if one_call(decoder, rows):  # every block in one compiled call
-        recorded = None
-        if any(d.recorder is not None for d in rows):
-            recorded = h.new_empty(len(decoder.blocks) + 1, len(rows), h.shape[-1])  # [L + 1, B, d]
+    recording = any(d.recorder is not None for d in rows)
+    routings: list[list] = [[] for _ in rows]  # each row's MoE choices: (layer, experts [1, k], weights [1, k])
+    if one_call(decoder, rows):  # every block in one compiled call, writing each block's output into `recorded`
+        recorded = h.new_empty(len(decoder.blocks) + 1, len(rows), h.shape[-1]) if recording else None
+        if recording:
             recorded[0] = h[:, 0]
         h = step_all(list(decoder.blocks), h, rope, caches, None if recorded is None else recorded[1:])
-        for cache in caches:
-            cache.advance(1)
-        logits = decoder.unembed(h)[:, 0].cpu()  # [B, vocab]
-        for r, d in enumerate(rows):
-            if d.recorder is not None:
-                d.recorder.residuals(recorded[:, r : r + 1])
-                d.recorder.commit(ids[r])
-        return list(logits)
-    residuals = [h]  # [B, 1, d] after the embedding, then after each block
-    routings: list[list] = [[] for _ in rows]  # each row's MoE choices: (layer, experts [1, k], weights [1, k])
-    for block in decoder.blocks:
-        alone = [r for r, d in enumerate(rows) if d.interventions.touches(block.layer)]
-        if not alone:
-            h = _rows_through(block, h, positions, rope, caches, routings)
-        else:
-            together = [r for r in range(len(rows)) if r not in alone]
-            out = torch.empty_like(h)
-            if together:
-                out[together] = _rows_through(block, h[together], positions[together], _rows(rope, together),
-                                              [caches[r] for r in together], [routings[r] for r in together])
-            for r in alone:
-                out[r : r + 1] = block(h[r : r + 1], positions[r : r + 1], _rows(rope, [r]), caches[r],
-                                       _RoutingOf(routings[r]), rows[r].interventions)
-            h = out
-        residuals.append(h)
+    else:
+        residuals = [h]  # [B, 1, d] after the embedding, then after each block
+        for block in decoder.blocks:
+            h = _block_rows(block, h, positions, rope, caches, rows, routings)
+            residuals.append(h)
+        recorded = torch.stack(residuals)[:, :, 0] if recording else None  # [L + 1, B, d]
     for cache in caches:
         cache.advance(1)
     logits = decoder.unembed(h)[:, 0].cpu()  # [B, vocab]
@@ -224,10 +206,27 @@ def forward_rows(decoder: Decoder, rows: Sequence[Decoding]) -> list[torch.Tenso
         if d.recorder is not None:
             for layer, experts, weights in routings[r]:
                 d.recorder.routing(layer, experts, weights)
-            for index, hidden in enumerate(residuals):
-                d.recorder.residual(index, hidden[r : r + 1])
+            d.recorder.residuals(recorded[:, r : r + 1])
             d.recorder.commit(ids[r])
     return list(logits)
+
+
+def _block_rows(block: Block, h: torch.Tensor, positions: torch.Tensor, rope, caches: list[KVCache],
+                rows: Sequence[Decoding], routings: list[list]) -> torch.Tensor:
+    """One block of forward_rows: a row whose interventions touch this layer goes through the reference block alone,
+    with them; the other rows together."""
+    alone = [r for r, d in enumerate(rows) if d.interventions.touches(block.layer)]
+    if not alone:
+        return _rows_through(block, h, positions, rope, caches, routings)
+    together = [r for r in range(len(rows)) if r not in alone]
+    out = torch.empty_like(h)
+    if together:
+        out[together] = _rows_through(block, h[together], positions[together], _rows(rope, together),
+                                      [caches[r] for r in together], [routings[r] for r in together])
+    for r in alone:
+        out[r : r + 1] = block(h[r : r + 1], positions[r : r + 1], _rows(rope, [r]), caches[r],
+                               _RoutingOf(routings[r]), rows[r].interventions)
+    return out
 
 
 def one_call(decoder: Decoder, rows: Sequence[Decoding]) -> bool:

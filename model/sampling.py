@@ -46,15 +46,9 @@ class Sample:
 
 
 def sample(logits: torch.Tensor, settings: SamplerSettings, generator: torch.Generator | None) -> Sample:
-    """logits [vocab] float32 -> Sample. Order as transformers: temperature, then top-k, then top-p."""
-    return sample_rows(logits[None], [settings], [generator])[0]
-
-
-def sample_rows(logits: torch.Tensor, settings: Sequence[SamplerSettings],
-                generators: Sequence[torch.Generator | None]) -> list[Sample]:
-    """logits [B, vocab] -> a Sample per row, row r with settings[r] and generators[r] (see Samples)."""
-    batch = Samples.of(logits, settings, generators)
-    return [Sample(t, batch.probs[r], batch.final_probs[r], batch.kept[r]) for r, t in enumerate(batch.token_ids)]
+    """logits [vocab] float32 -> Sample. Order as transformers: temperature, then top-k, then top-p (see Samples)."""
+    s = Samples.of(logits[None], [settings], [generator])
+    return Sample(s.token_ids[0], s.probs[0], s.final_probs[0], s.kept[0])
 
 
 @dataclass(frozen=True)

@@ -79,14 +79,7 @@ class OneCallBlock(Block):
     def step_rows(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], caches: list[KVCache]) -> torch.Tensor:
         """One new token of each of B sequences, h [B, 1, d] float32, each over its own cache (at its own length;
         rope: cos, sin [B, d_head] at those positions), in one compiled call that reads the matrices once for all."""
-        attn: Attention = self.attn
-        like = h.new_empty(1, attn.n_kv_heads, 0, attn.d_head)
-        buffers = [cache.reserve(self.layer, cache.length + 1, like, like) for cache in caches]  # [1, Hkv, capacity, D]
-        return kernels.extension().llama_block_rows(
-            h.contiguous(), self.attn_norm.weight, self.mlp_norm.weight, self.attn_norm.eps, self.qkv.for_kernels,
-            self.wo.for_kernels, self.gate_up.for_kernels, self.w_down.for_kernels, attn.n_heads, attn.n_kv_heads,
-            rope[0].contiguous(), rope[1].contiguous(), [k for k, _ in buffers], [v for _, v in buffers],
-            [cache.length for cache in caches], attn.scale)
+        return step_all([self], h, rope, caches)
 
 
 def step_all(blocks: list[OneCallBlock], h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],

@@ -710,7 +710,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         return Packed{kind, q, d ? *d : torch::Tensor(), m ? *m : torch::Tensor()};
       }))
       .def("__call__", &Packed::operator(), "x [M, K] float32 -> x @ W^T [M, N]", release());
-  module.def("llama_block_rows", &llama_block_rows, "one new token of each row through a Llama-style block", release());
   py::class_<LlamaBlock>(module, "LlamaBlock")
       .def(py::init<torch::Tensor, torch::Tensor, double, Packed, Packed, Packed, Packed, int64_t, int64_t, double>());
   module.def("llama_blocks_rows", &llama_blocks_rows, "one new token of each row through every Llama-style block",
