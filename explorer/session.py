@@ -144,7 +144,9 @@ class Session:
                 return False
             if step.index != len(self.steps):  # a branch's continuation counts its tokens from the forced one on
                 step = replace(step, index=len(self.steps))
-            self.steps.append(step)
+            # a new list, not an append: a render on another thread iterates the list it took (several times:
+            # the timeline's values, then its ticks) while tokens stream, and must see one length throughout
+            self.steps = [*self.steps, step]
         if len(self.steps) == 1:  # the recorder's buffer, which every step's trace views, is made for the whole run
             self._report()
         return True

@@ -213,3 +213,16 @@ def test_export_waits_for_the_end_of_a_generation_and_takes_branches_and_ablatio
     s.context_interventions = (HeadAblation(0, 0),)
     assert export_refusal(s) is None
     assert "generate some text first" in export_refusal(Session())
+
+
+
+def test_a_render_keeps_the_steps_it_took_while_tokens_are_added():
+    """A render on another thread takes the session's steps and goes over them several times (the Next-token
+    timeline: its values, then its ticks) while the stream adds tokens: what it took must not grow under it (an
+    IndexError reached the screen as an error toast in the lesson test)."""
+    s = Session()
+    s.start(list(range(N_PROMPT)), {"seed": 0})
+    s.add(step(0, 7))
+    taken = s.steps
+    s.add(step(1, 8))
+    assert len(taken) == 1 and len(s.steps) == 2 and taken[0] is s.steps[0]
