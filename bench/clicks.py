@@ -188,15 +188,17 @@ def stall(s1: Session, s2: Session, server: Client, prompt: str) -> dict[str, An
     s2.generate(SHORT_PROMPT, STALL_TOKENS, wait=False)
     s2.page.wait_for_function("() => document.querySelectorAll('#output .tok').length > 20", polling=100)
     s2.page.evaluate(WATCH_TOKENS)
+    server.predict(api_name="/stats")  # from here, the longest wait between two tokens on its own
     time.sleep(4)
-    server.predict(api_name="/stats")  # from here, the model thread's longest task of each kind
+    alone_gap = server.predict(api_name="/stats")["longest_token_gap"]  # and from here, during the clicks
     alone_end = s2.page.evaluate("() => performance.now()")
     s1.timed(lambda: s1.open_tab("Attention"))
     s1.timed(lambda: s1.step_layer("ArrowRight"))
     s1.timed(s1.pick_head)
     s1.timed(lambda: s1.click_token(300))
     during_end = s2.page.evaluate("() => performance.now()")
-    longest = server.predict(api_name="/stats")["longest_model_tasks"]
+    stats = server.predict(api_name="/stats")
+    longest, during_gap = stats["longest_model_tasks"], stats["longest_token_gap"]
     times = s2.page.evaluate("() => window.__times")
     updates = sorted(set(times))  # several tokens arrive in one update of the text
     if s2.page.locator("#stop").is_enabled():
@@ -209,7 +211,7 @@ def stall(s1: Session, s2: Session, server: Client, prompt: str) -> dict[str, An
                 alone_median=statistics.median(alone), alone_max=max(alone),
                 during_median=statistics.median(during) if during else float("nan"),
                 during_max=max(during, default=float("nan")), during_s=(during_end - alone_end) / 1000,
-                longest=longest)
+                longest=longest, alone_gap=alone_gap * 1000, during_gap=during_gap * 1000)
 
 
 def report(timings: Timings, contexts: dict[str, int], stalls: dict[str, float], load: tuple) -> None:
@@ -220,6 +222,9 @@ def report(timings: Timings, contexts: dict[str, int], stalls: dict[str, float],
     for action, seconds in timings.seconds.items():
         kb = statistics.median(timings.bytes[action]) / 1024
         print(f"{action:40} {len(seconds):3d} {statistics.median(seconds):9.3f} {max(seconds):7.3f} {kb:10.0f}")
+    print("second session's generation, the longest wait between two of its tokens as the model produced them (ms): "
+          f"on its own {stalls['alone_gap']:.0f}, while the first session opens Attention at ~1,200 tokens and clicks "
+          f"{stalls['during_gap']:.0f} (target: one token's time plus 100 ms)")
     print("second session's generation, gaps between updates of its text on screen (ms):")
     print(f"  on its own: median {stalls['alone_median']:.0f}, max {stalls['alone_max']:.0f} "
           f"(one token every {stalls['token_ms']:.0f} ms on average; the text refreshes at most 10 times a second)")

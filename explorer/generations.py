@@ -30,6 +30,7 @@ class ActiveGenerations:
         self.count = 0
         self.ended: Counter[str] = Counter()
         self.tokens = 0
+        self.longest_gap = 0.0  # seconds, since the last stats(): see Generation._add
 
     def enter(self) -> None:
         with self._lock:
@@ -41,12 +42,20 @@ class ActiveGenerations:
             self.ended[reason] += 1
             self.tokens += n_tokens
 
+    def gap(self, seconds: float) -> None:
+        with self._lock:
+            self.longest_gap = max(self.longest_gap, seconds)
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            longest_gap, self.longest_gap = self.longest_gap, 0.0
             return dict(active_generations=self.count, ended_generations=dict(self.ended),
                         generated_tokens=self.tokens,
                         # seconds, since the previous call: what another session's next token may have waited for
                         longest_model_tasks=MODEL_THREAD.longest_tasks(reset=True),
+                        # seconds, since the previous call: the longest wait of any generation between two of its
+                        # tokens (its own step included), as the model produced them
+                        longest_token_gap=longest_gap,
                         # objects the garbage collector no longer scans (explorer/model_thread.py freeze_startup_heap)
                         gc_frozen_objects=gc.get_freeze_count())
 
@@ -77,6 +86,7 @@ class Generation:
         self._should_stop = should_stop
         self._clock, self._sleep = clock, sleep
         self._deadline = clock() + time_limit
+        self._last_token: float | None = None  # the clock's time at the last token
         # nothing runs until the model thread's next step
         self.decoding = lm.decoding(ids, record=record, **settings) if hasattr(lm, "decoding") else None
         self._tokens = None if self.decoding is not None else lm.generate(ids, record=record, **settings)
@@ -107,6 +117,10 @@ class Generation:
 
     def _add(self, step: Any, context_trace: Callable[[], Any]) -> None:
         """A new token for the readers; the end when it was the last, or when the time is up."""
+        now = self._clock()
+        if self._last_token is not None:
+            ACTIVE.gap(now - self._last_token)
+        self._last_token = now
         with self._news:
             self.steps.append(step)
             self._news.notify_all()

@@ -99,9 +99,11 @@ class Recomputing:
     thread, each one task; the rest of the Trace (ids, residual stream, ...) reads as usual."""
 
     ON_MODEL_THREAD = frozenset({"internals", "routing", "latent", "logits_at"})
-    # a layer's attention map is computed this many query-key pairs (per head) at a time, each part a task of its own:
-    # at 1,200 tokens the whole map is a few hundred milliseconds of the model thread, a part a few tens
-    ATTENTION_PART = 192 * 1024
+    # a layer's attention map is computed this many query-key pairs (per head) at a time, each part a task of its own
+    # (the keys before a part are recomputed, not their attention): at 1,167 tokens the whole map is 83 ms of the
+    # model thread alone, and nine parts of 5-7 ms (12-23 ms when parts were twice as large and recomputed the
+    # attention of every row before them), so another session's next token waits for one part
+    ATTENTION_PART = 96 * 1024
 
     def __init__(self, trace: Any) -> None:
         self.trace = trace

@@ -72,6 +72,16 @@ class Attention(nn.Module):
         self.q_norm = Norm(cfg.d_head, "rms", cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = Norm(cfg.d_head, "rms", cfg.norm_eps) if cfg.qk_norm else None
 
+    def keys(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the cache keeps of x [B, T, d_model] (normed): keys, rotated, and values, each [B, Hkv, T, D]."""
+        b, t, _ = x.shape
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        return (k if rope is None else apply_rope(k, *rope)), v
+
     def forward(
         self,
         x: torch.Tensor,  # [B, T, d_model], already normed
@@ -82,14 +92,12 @@ class Attention(nn.Module):
         interventions: Interventions = NO_INTERVENTIONS,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, _ = x.shape
-        q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)  # [B, Hkv, T, D]
-        v = v.view(b, t, self.n_kv_heads, self.d_head).transpose(1, 2)  # [B, Hkv, T, D]
+        q = self.wq(x).view(b, t, self.n_heads, self.d_head).transpose(1, 2)  # [B, H, T, D]
         if self.q_norm is not None:  # Qwen3: RMSNorm per head, before the rotation
-            q, k = self.q_norm(q), self.k_norm(k)
+            q = self.q_norm(q)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q = apply_rope(q, *rope)
+        k, v = self.keys(x, rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # [B, Hkv, past + T, D]
         out, probs = attention(q, k, v, positions, self.scale, self.window, need_probs)  # [B, H, T, D]
@@ -126,6 +134,12 @@ class LatentAttention(nn.Module):
         latent, k_rot = self.wkv_a(x).split([self.mla.kv_lora_rank, self.mla.qk_rope_dim], dim=-1)
         return self.kv_a_norm(latent), k_rot
 
+    def keys(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the cache keeps of x [B, T, d_model] (normed): the latent and the rotated key part, [B, 1, T, .] each
+        (one "head")."""
+        latent, k_rot = self.latent(x)
+        return latent[:, None], apply_rope(k_rot[:, None], *rope)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -140,8 +154,7 @@ class LatentAttention(nn.Module):
         q = self.wq_b(self.q_a_norm(self.wq_a(x))) if mla.q_lora_rank else self.wq(x)
         q = q.view(b, t, h, mla.qk_head_dim).transpose(1, 2)  # [B, H, T, nope + rope]
         q_nope, q_rot = q.split([mla.qk_nope_dim, mla.qk_rope_dim], dim=-1)
-        latent, k_rot = self.latent(x)
-        latent, k_rot = latent[:, None], apply_rope(k_rot[:, None], *rope)  # [B, 1, T, .]: one "head"
+        latent, k_rot = self.keys(x, rope)
         if cache is not None:
             latent, k_rot = cache.update(self.layer, latent, k_rot)
         n = latent.shape[2]

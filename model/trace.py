@@ -132,8 +132,9 @@ class Trace:
     def attention(self, layer: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """[n_heads, T, T] float32: row i is what token i attends to; rows sum to 1; zero above the diagonal.
         With start / stop, only rows start..stop-1 ([n_heads, stop - start, stop]: a query sees no key after it): the
-        keys and values of the positions before start are computed first (as a KV cache holds them), so a long
-        context's map can be computed a few rows at a time, each part a fraction of the whole's work."""
+        keys and values of the positions before start are computed first (what a KV cache holds of them: no attention
+        of theirs), so a long context's map can be computed a few rows at a time, each part a fraction of the whole's
+        work."""
         if not 0 <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
         stop = len(self) if stop is None else stop
@@ -146,7 +147,7 @@ class Trace:
         x = block.attn_norm(h)
         positions = torch.arange(stop, device=h.device)
         cache = KVCache(self.n_layers, initial_capacity=stop)
-        block.attn(x[:, :start], positions[:start], decoder.rope(positions[:start], h.dtype), cache)  # keys before
+        cache.update(layer, *block.attn.keys(x[:, :start], decoder.rope(positions[:start], h.dtype)))  # keys before
         cache.advance(start)
         rows = positions[start:]
         return block.attn(x[:, start:], rows, decoder.rope(rows, h.dtype), cache, need_probs=True)[1][0].float().cpu()

@@ -237,3 +237,15 @@ def test_the_status_line_says_why_a_generation_ended():
     assert finish_message("length", 40, 40.0, 120.0) == "Done: 40 tokens at 40.0 tok/s (token limit)"
     assert finish_message("time", 900, 7.5, 120.0) == "Stopped: time limit (120 s) reached after 900 tokens"
     assert finish_message("stopped", 9, 0.0, 120.0) == "Stopped after 9 tokens"
+
+
+def test_stats_report_the_longest_wait_between_two_tokens_since_the_last_call():
+    """What another session's render may cost a generation (bench/clicks.py reads it): the wait of token 2 here; the
+    first token's wait (its prompt) is not one."""
+    clock = FakeClock()
+    ACTIVE.stats()
+    model = FakeModel(on_token=lambda i: clock.advance({0: 50.0, 2: 2.0}.get(i, 0.25)))
+    final(Generation(model, [1], settings(4), NEVER, clock=clock, sleep=lambda s: None))
+    wait_idle()
+    assert ACTIVE.stats()["longest_token_gap"] == 2.0
+    assert ACTIVE.stats()["longest_token_gap"] == 0.0  # each call reports the time since the one before

@@ -22,3 +22,19 @@ def test_the_map_in_parts_is_the_whole_map_and_each_part_is_a_task(embedded_lm, 
     whole = trace.attention(4)
     torch.testing.assert_close(parts, whole, rtol=0, atol=1e-6)
     assert torch.all(parts.triu(diagonal=1) == 0)
+
+
+def test_a_part_attends_only_its_own_rows(embedded_lm, monkeypatch):
+    """The keys and values before a part are all it needs of the rows before it: their attention is not computed
+    again for every part (at 1,200 tokens that doubled the later parts' time)."""
+    import model.decoder
+
+    ids = embedded_lm.tokenizer.encode("the mill by the river ground the wheat of every farm in the valley " * 3)
+    trace = MODEL_THREAD.run(embedded_lm.trace, ids)
+    queries = []
+    attention = model.decoder.attention
+    monkeypatch.setattr(model.decoder, "attention",
+                        lambda q, *a, **k: queries.append(q.shape[-2]) or attention(q, *a, **k))
+    rows = trace.attention(2, 20, 30)
+    assert queries == [10]  # one attention, of rows 20..29
+    torch.testing.assert_close(rows, trace.attention(2)[:, 20:30, :30], rtol=0, atol=1e-6)
