@@ -1,11 +1,13 @@
 """Serving benchmarks against the real app: cold start (process start to ready), and N simultaneous sessions
-through gradio_client (aggregate tokens/s, p95 time to first token, errors); first, in the same run, the core's own
+through gradio_client (aggregate tokens/s, p95 time to first token, errors, and the share of the machine's CPU time
+that the app and the clients took: both run here); first, in the same run, the core's own
 decoding of 1 and of 16 sequences at once (model/batch.py), and the share of the machine's float32 matmul rate
 that 16 reach. Run: .venv/bin/python -m bench.serving"""
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import threading
 import time
@@ -68,7 +70,18 @@ def matmul_flops(n: int = 2048) -> float:
     return 2 * n**3 / median_time(lambda: a @ b, 5)
 
 
-def sessions(url: str, n: int, tokens: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux only)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sessions(url: str, n: int, tokens: int, server_pid: int) -> dict:
     clients = [Client(url, verbose=False) for _ in range(n)]
     first: list[float] = []
     counts: list[int] = []
@@ -94,16 +107,20 @@ def sessions(url: str, n: int, tokens: int) -> dict:
         except Exception as e:  # counted and reported, not raised: the table says how many failed
             errors.append(str(e)[:80])
 
-    start = time.perf_counter()
+    start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(server_pid), own_cpu_seconds()
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    machine = wall * os.cpu_count()  # CPU seconds the machine had meanwhile
+    server_share = (cpu_seconds(server_pid) - server_cpu) / machine
+    client_share = (own_cpu_seconds() - client_cpu) / machine  # this process: the gradio_client sessions
     p95 = statistics.quantiles(first, n=20)[-1] if len(first) >= 2 else (first[0] if first else float("nan"))
     return dict(n=n, tok_s=sum(counts) / wall, p95_first=p95, errors=len(errors), wall=wall,
-                stream=statistics.median(streams) if streams else float("nan"))
+                stream=statistics.median(streams) if streams else float("nan"), server=server_share,
+                client=client_share)
 
 
 def main() -> None:
@@ -135,16 +152,17 @@ def main() -> None:
         Client(url, verbose=False).predict(prompt="warm up", max_new_tokens=2, api_name="/generate")
         print(f"\napp with EXPLORER_MAX_CONCURRENT={args.max_concurrent}")
         print(f"{'sessions':>8} {'tok/s (all)':>12} {'x core':>7} {'p95 first token (s)':>20} {'errors':>7} "
-              f"{'wall (s)':>9} {'tok/s each, once streaming':>27}")
+              f"{'wall (s)':>9} {'tok/s each, once streaming':>27} {'CPU: app / client':>18}")
         for n in (int(x) for x in args.sessions.split(",")):
-            r = sessions(url, n, args.tokens)
+            r = sessions(url, n, args.tokens, proc.pid)
             print(f"{r['n']:>8} {r['tok_s']:>12.1f} {r['tok_s'] / rates[1]:>7.2f} {r['p95_first']:>20.2f} "
-                  f"{r['errors']:>7} {r['wall']:>9.1f} {r['stream']:>27.1f}")
+                  f"{r['errors']:>7} {r['wall']:>9.1f} {r['stream']:>27.1f} {r['server']:>10.0%} / {r['client']:.0%}")
         if args.long:
-            r = sessions(url, 1, args.long)
+            r = sessions(url, 1, args.long, proc.pid)
             print(f"\none session of {args.long} tokens: {r['tok_s']:.1f} tok/s in all ({r['tok_s'] / rates[1]:.0%} of "
                   f"the core's single stream), {r['stream']:.1f} once streaming ({r['stream'] / rates[1]:.0%}); "
-                  f"first token {r['p95_first']:.2f} s")
+                  f"first token {r['p95_first']:.2f} s; CPU: app {r['server']:.0%}, client {r['client']:.0%} of the "
+                  "machine")
         print(f"\npeak memory of the app process (MiB): {peak_rss_mib(proc.pid):.0f}")
     finally:
         proc.terminate()
