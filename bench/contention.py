@@ -1,7 +1,8 @@
 """How the core's decoding suffers from other work on the same cores: tokens/s of one sequence with two OpenMP
 threads and with one, alone and beside another process that works in short bursts (2 ms busy, 8 ms asleep: a fifth
 of one core, as a web server's event loop and a client take it while tokens stream). Each step of the two-thread
-decode ends ~150 parallel regions at a barrier (five a block), and a barrier waits for whichever thread the other work preempted.
+decode ends ~150 parallel regions at a barrier (five a block), and a barrier waits for whichever thread the other
+work preempted.
 Run: PYTHONPATH=. .venv/bin/python -m bench.contention"""
 from __future__ import annotations
 
