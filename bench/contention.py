@@ -1,16 +1,21 @@
 """How the core's decoding suffers from other work on the same cores: tokens/s of one sequence with two OpenMP
 threads and with one, alone and beside another process that works in short bursts (2 ms busy, 8 ms asleep: a fifth
-of one core, as a web server's event loop and a client take it while tokens stream). Each step of the two-thread
-decode ends ~150 parallel regions at a barrier (five a block), and a barrier waits for whichever thread the other
-work preempted.
+of one core, as a web server's event loop and a client take it while tokens stream) or without pause (one core), and
+beside a Python thread of the same process (as a render draws: it also takes turns with the GIL). Each step of the
+two-thread decode ends ~150 parallel regions at a barrier (five a block), and a barrier waits for whichever thread
+the other work preempted; the app's model thread therefore computes with one thread while a render draws
+(explorer/model_thread.py).
 Run: PYTHONPATH=. .venv/bin/python -m bench.contention"""
 from __future__ import annotations
 
 import multiprocessing
+import sys
+import threading
 import time
 
 import torch
 
+from explorer.model_thread import SWITCH_INTERVAL
 from model import load_model
 from model.batch import advance, sample_all
 
@@ -18,12 +23,28 @@ TOKENS = 256
 BUSY, ASLEEP = 0.002, 0.008
 
 
-def bursts(stop) -> None:
+def work(stop, busy: float, asleep: float) -> None:
     while not stop.is_set():
         start = time.perf_counter()
-        while time.perf_counter() - start < BUSY:
+        while time.perf_counter() - start < busy:
             pass
-        time.sleep(ASLEEP)
+        time.sleep(asleep)
+
+
+def python(stop) -> None:
+    """Pure Python, as a render builds its figures, on one OpenMP thread (as the app's renders draw)."""
+    torch.set_num_threads(1)
+    while not stop.is_set():
+        sorted(str(i) * 3 for i in range(20000))
+
+
+def beside(lm, other: threading.Thread | multiprocessing.Process, stop) -> float:
+    other.start()
+    try:
+        return decode_rate(lm)
+    finally:
+        stop.set()
+        other.join()
 
 
 def decode_rate(lm) -> float:
@@ -45,23 +66,26 @@ def decode_rate(lm) -> float:
 
 
 def main() -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as the app runs
     lm = load_model(device="cpu", dtype="float32")
     threads = torch.get_num_threads()
-    print(f"decode of one sequence, {TOKENS} tokens (tok/s); the other process busy {BUSY * 1000:.0f} ms, asleep "
-          f"{ASLEEP * 1000:.0f} ms")
-    print(f"{'threads':>7} {'alone':>8} {'beside':>8} {'lost':>6}")
+    others = {f"bursts ({BUSY * 1000:.0f} ms busy, {ASLEEP * 1000:.0f} ms asleep)": (BUSY, ASLEEP),
+              "without pause": (1.0, 0.0)}
+    print(f"decode of one sequence, {TOKENS} tokens (tok/s): alone, beside another process working, and beside a "
+          "Python thread of this process")
+    print(f"{'threads':>7} {'alone':>7}" + "".join(f" {name:>32} {'lost':>5}" for name in others)
+          + f" {'a Python thread':>16} {'lost':>5}")
     for n in sorted({threads, 1}, reverse=True):
         torch.set_num_threads(n)
         alone = decode_rate(lm)
-        stop = multiprocessing.Event()
-        other = multiprocessing.Process(target=bursts, args=(stop,))
-        other.start()
-        try:
-            beside = decode_rate(lm)
-        finally:
-            stop.set()
-            other.join()
-        print(f"{n:>7} {alone:>8.1f} {beside:>8.1f} {1 - beside / alone:>6.0%}")
+        row = f"{n:>7} {alone:>7.1f}"
+        for busy, asleep in others.values():
+            stop = multiprocessing.Event()
+            rate = beside(lm, multiprocessing.Process(target=work, args=(stop, busy, asleep)), stop)
+            row += f" {rate:>32.1f} {1 - rate / alone:>5.0%}"
+        stop = threading.Event()
+        rate = beside(lm, threading.Thread(target=python, args=(stop,)), stop)
+        print(row + f" {rate:>16.1f} {1 - rate / alone:>5.0%}")
 
 
 if __name__ == "__main__":

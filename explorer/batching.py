@@ -76,6 +76,7 @@ class Batcher:
             if budget > 0 and not m.ended and m.decoding is not None and m.decoding.prefilling:
                 budget -= min(len(m.decoding.pending), m.decoding.chunk)
                 _guarded(m, m.decoding.prefill)
+        self._thread.decoding_step()  # one OpenMP thread while a render draws (explorer/model_thread.py)
         by_model = defaultdict(list)
         for m in members:
             if not m.ended and m.decoding is not None and m.decoding.ready:

@@ -9,33 +9,78 @@ that asked for it (drawing() keeps torch there to one OpenMP thread, so no team 
 recomputes with the model here (Recomputing), so that another session waits at most that long for its next token."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
 T = TypeVar("T")
+# seconds after a render's end during which the model thread's tasks still compute with one thread: Gradio turns the
+# figures into JSON and sends them after the render returns (the same bench with none: steps of 0.3-0.7 s, as two
+# threads met that work)
+AFTER_RENDER = 1.0
 
 
 class ModelThread:
+    """The thread, its tasks, and how many OpenMP threads they compute with: all of torch's (one a core), except a
+    decoding step while a render draws on another thread and for AFTER_RENDER seconds after (rendering()), which takes
+    one. Beside a Python thread that keeps a core busy, as a render does, a decode with two threads on this 2-core
+    machine fell from 115 to 11 tokens/s (each of its ~150 parallel regions a step ends at a barrier that waits for
+    whichever of its threads the render preempted), one with a single thread from 70 to 35 (`python -m
+    bench.contention`). Only a decoding step changes: its numbers are the same with any number of threads (each output
+    computed by the same serial code); a prefill's or a recomputation's are not (torch's float32 products split their
+    work by thread), so they always take all, and a seed gives the same text whatever other sessions draw."""
+
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="model")
         self._ident: int | None = None
         self._longest: dict[str, float] = {}
+        self._renders = 0  # threads drawing now (rendering())
+        self._rendered = float("-inf")  # when the last render ended (the monotonic clock)
+        self._lock = threading.Lock()
+        self.threads = self._threads_now = 1  # torch's own count on this thread, and the one in use
         self._pool.submit(self._remember).result()
 
     def _remember(self) -> None:
         self._ident = threading.get_ident()
+        self.threads = self._threads_now = torch.get_num_threads()
+
+    @contextlib.contextmanager
+    def rendering(self) -> Iterator[None]:
+        """Around a render that draws on the calling thread (with one OpenMP thread there: drawing()): meanwhile the
+        model thread's decoding steps compute with one thread."""
+        drawing()
+        with self._lock:
+            self._renders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._renders -= 1
+                self._rendered = time.monotonic()
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future:
         return self._pool.submit(self._timed, fn, *args, **kwargs)
 
+    def _use(self, threads: int) -> None:
+        if threads != self._threads_now:
+            torch.set_num_threads(threads)
+            self._threads_now = threads
+
+    def decoding_step(self) -> None:
+        """On the model thread, before the forward pass and sampling of a decoding step (one new token of each running
+        generation): one OpenMP thread while a render draws or has just drawn, all of torch's otherwise. Until the task
+        ends: the next one starts with all again."""
+        self._use(1 if self._renders or time.monotonic() - self._rendered < AFTER_RENDER else self.threads)
+
     def _timed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._use(self.threads)
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from explorer.memory import SessionMemory
-from explorer.model_thread import MODEL_THREAD, drawing
+from explorer.model_thread import MODEL_THREAD
 from explorer.session import Session
 from explorer.ui.api import (GenerationRequest, api_generate, api_patching, api_stats, check_event_inputs, shown,
                               start_continuation, user_error)
@@ -153,8 +153,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             s.prepare_trace(lm, MODEL_THREAD.run)  # after a generation, once: in chunks, other sessions between
             if notice := s.take_notice():  # e.g. its trace was freed for other sessions (and just recomputed)
                 gr.Info(notice)
-            drawing()  # drawn here; what the render recomputes with the model runs on the model thread (Recomputing)
-            with s.drawing:
+            # drawn here; what the render recomputes with the model runs on the model thread (Recomputing)
+            with MODEL_THREAD.rendering(), s.drawing:
                 values = tab.render(s)
             return {c: presentation_fonts(v, s.presentation) for c, v in zip(tab.outputs, values)}
 

@@ -342,8 +342,8 @@ class ProbeTab:
     def on_attention(self, layer: Any, head: Any, s: Session) -> Any:
         if probe_state(s).compare is None:
             return gr.skip()
-        drawing()
-        return presentation_fonts(self.attention_view(s, layer, head), s.presentation)
+        with MODEL_THREAD.rendering():
+            return presentation_fonts(self.attention_view(s, layer, head), s.presentation)
 
     def attention_view(self, s: Session, layer: Any, head: Any) -> Any:
         trace_a, trace_b = probe_state(s).compare

@@ -20,7 +20,7 @@ from explorer.branches import Branch
 from explorer.export import (MAX_SESSION_CHARS, parse_link, report_html, session_document, session_json,
                              tokens_csv)
 from explorer.i18n import t
-from explorer.model_thread import drawing
+from explorer.model_thread import MODEL_THREAD
 from explorer.probing import describe, intervention_records
 from explorer.session import Session
 from explorer.ui.api import (Replay, api_export_session, api_import_session, model_record, setting_checks,
@@ -117,8 +117,8 @@ class Share:
         def on_export(s: Session) -> dict:
             if why := export_refusal(s):
                 return {self.message: why, self.files: gr.File(visible=False)}
-            drawing()  # the report draws every tab here; what it recomputes with the model runs on the model thread
-            with s.drawing:
+            # the report draws every tab here; what it recomputes with the model runs on the model thread
+            with MODEL_THREAD.rendering(), s.drawing:
                 paths = self.write_files(s, tabs, render_output)
             return {self.files: gr.File(value=[str(p) for p in paths], visible=True),
                     self.message: f"{len(s.steps)} tokens exported"

@@ -233,3 +233,42 @@ def test_an_error_in_a_batched_pass_ends_only_the_generation_it_belongs_to(tmp_p
     assert [s.token_id for s in got] == [s.token_id for s in want]
     assert [s.prob for s in got] == pytest.approx([s.prob for s in want], rel=1e-5)
     wait_idle()
+
+
+def test_a_generation_decodes_alike_while_another_session_renders(embedded_lm, monkeypatch):
+    """While a render draws, decoding steps take one OpenMP thread (explorer/model_thread.py): a seeded generation's
+    tokens, probabilities and trace stay those it gets with all threads, a long prompt's prefill (a float32 product
+    whose numbers depend on the threads) and an ablated row included."""
+    import explorer.model_thread
+    from model import HeadAblation
+
+    lm = embedded_lm
+    monkeypatch.setattr(MODEL_THREAD, "threads", 2)  # the count of a machine of two cores (CI may have one)
+    monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 0.0)
+    long_prompt = " ".join(PROMPTS * 5)  # ~150 tokens: read by the float32 product, not the packed kernels
+    runs = [(long_prompt, settings(10, **SEEDED[0])), (PROMPTS[1], settings(10, **SEEDED[1])),
+            (PROMPTS[2], settings(8, **SEEDED[2], interventions=(HeadAblation(3, 1),)))]
+    want = [alone(lm, p, s, record=True) for p, s in runs]
+    drawn, stop = threading.Event(), threading.Event()
+
+    def render() -> None:
+        with MODEL_THREAD.rendering():
+            drawn.set()
+            stop.wait(HANG)
+
+    threads_seen = []
+    real_advance = batching.advance
+    monkeypatch.setattr(batching, "advance",
+                        lambda ds: threads_seen.append(torch.get_num_threads()) or real_advance(ds))
+    worker = threading.Thread(target=render)
+    worker.start()
+    try:
+        assert drawn.wait(HANG)
+        got = [alone(lm, p, s, record=True) for p, s in runs]
+    finally:
+        stop.set()
+        worker.join()
+    assert set(threads_seen) == {1}  # every step took one thread
+    for (steps, trace), (want_steps, want_trace) in zip(got, want):
+        identical(steps, want_steps)
+        assert torch.equal(trace.residual, want_trace.residual)

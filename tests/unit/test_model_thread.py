@@ -65,3 +65,35 @@ def test_the_longest_task_of_each_kind_is_kept_until_read():
     name = pause.__qualname__
     assert longest[name] >= 0.05
     assert MODEL_THREAD.longest_tasks() == {}
+
+
+def test_while_a_thread_renders_decoding_steps_compute_with_one_openmp_thread(monkeypatch):
+    """A render keeps a core busy; a decoding step computing with two threads beside it waits at every barrier for the
+    one the render preempted (bench/contention.py), so decoding steps take one thread until the render has ended and
+    Gradio has sent its figures (AFTER_RENDER later); every other task takes all."""
+    import explorer.model_thread
+
+    monkeypatch.setattr(MODEL_THREAD, "threads", 2)  # as on a machine of two cores or more (CI may have one)
+    monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 1e9)
+    inside, entered, leave = [], threading.Event(), threading.Event()
+
+    def render() -> None:
+        with MODEL_THREAD.rendering():
+            inside.append(torch.get_num_threads())  # the render's own thread draws with one
+            entered.set()
+            leave.wait(60)
+
+    def step() -> int:
+        MODEL_THREAD.decoding_step()
+        return torch.get_num_threads()
+
+    worker = threading.Thread(target=render)
+    worker.start()
+    assert entered.wait(60)
+    during = MODEL_THREAD.run(step), MODEL_THREAD.run(torch.get_num_threads)
+    leave.set()
+    worker.join()
+    just_after = MODEL_THREAD.run(step)
+    monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 0.0)
+    later = MODEL_THREAD.run(step)
+    assert (inside, during, just_after, later) == ([1], (1, 2), 1, 2)
