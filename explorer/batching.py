@@ -42,7 +42,7 @@ class Batcher:
             self._members.append(member)
             if not self._scheduled:
                 self._scheduled = True
-                self._thread.submit(self.step)
+                self._thread.schedule(self.step)
 
     def __len__(self) -> int:
         with self._lock:
@@ -60,7 +60,7 @@ class Batcher:
                 self._members = [m for m in self._members if not m.ended]
                 self._scheduled = bool(self._members)
                 if self._scheduled:
-                    self._thread.submit(self.step)
+                    self._thread.schedule(self.step)
 
     def _advance(self, members: list[Member]) -> None:
         for m in members:

@@ -28,14 +28,16 @@ AFTER_RENDER = 1.0
 
 
 class ModelThread:
-    """The thread, its tasks, and how many OpenMP threads they compute with: all of torch's (one a core), except a
-    decoding step while a render draws on another thread and for AFTER_RENDER seconds after (rendering()), which takes
-    one. Beside a Python thread that keeps a core busy, as a render does, a decode with two threads on this 2-core
-    machine fell from 115 to 11 tokens/s (each of its ~150 parallel regions a step ends at a barrier that waits for
-    whichever of its threads the render preempted), one with a single thread from 70 to 35 (`python -m
-    bench.contention`). Only a decoding step changes: its numbers are the same with any number of threads (each output
-    computed by the same serial code); a prefill's or a recomputation's are not (torch's float32 products split their
-    work by thread), so they always take all, and a seed gives the same text whatever other sessions draw."""
+    """The thread, its tasks, and how many OpenMP threads they compute with: all of torch's (one a core), but one for
+    the tasks of a render (what it recomputes: asked from inside rendering()) and for a decoding step while a render
+    draws on another thread or has just drawn (AFTER_RENDER). Beside a Python thread that keeps a core busy, as a
+    render does, a decode with two threads on this 2-core machine fell from 115 to 11 tokens/s (each of its ~150
+    parallel regions a step ends at a barrier that waits for whichever of its threads the render preempted), one
+    with a single thread from 70 to 35 (`python -m bench.contention`). A decoding step's numbers are the same with any
+    number of threads (each output computed by the same serial code); a prefill's or a recomputation's are not
+    (torch's float32 products split their work by thread), so a prefill always takes all, and a render's
+    recomputations always one: a seed gives the same text, and a view the same numbers, whatever other sessions
+    do."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="model")
@@ -53,20 +55,28 @@ class ModelThread:
 
     @contextlib.contextmanager
     def rendering(self) -> Iterator[None]:
-        """Around a render that draws on the calling thread (with one OpenMP thread there: drawing()): meanwhile the
-        model thread's decoding steps compute with one thread."""
+        """Around a render that draws on the calling thread (with one OpenMP thread there: drawing()): the tasks it
+        asks of the model thread compute with one thread, and meanwhile so do decoding steps."""
         drawing()
         with self._lock:
             self._renders += 1
+        _drawing.rendering = getattr(_drawing, "rendering", 0) + 1
         try:
             yield
         finally:
+            _drawing.rendering -= 1
             with self._lock:
                 self._renders -= 1
                 self._rendered = time.monotonic()
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future:
-        return self._pool.submit(self._timed, fn, *args, **kwargs)
+        threads = 1 if getattr(_drawing, "rendering", 0) else None  # None: all of torch's
+        return self._pool.submit(self._timed, threads, fn, *args, **kwargs)
+
+    def schedule(self, step: Callable[[], Any]) -> Future:
+        """A decoding step, wherever it is asked from: it starts with all threads (its prefill) and takes one for its
+        forward pass and sampling while a render draws (decoding_step())."""
+        return self._pool.submit(self._timed, None, step)
 
     def _use(self, threads: int) -> None:
         if threads != self._threads_now:
@@ -79,8 +89,8 @@ class ModelThread:
         ends: the next one starts with all again."""
         self._use(1 if self._renders or time.monotonic() - self._rendered < AFTER_RENDER else self.threads)
 
-    def _timed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        self._use(self.threads)
+    def _timed(self, threads: int | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self._use(threads or self.threads)
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)

@@ -150,12 +150,13 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         def render_tab(s: Session, tab: Any = None) -> dict:
             """The open tab's outputs (or those of `tab`), drawn for this session."""
             tab = tab or tabs[s.active_tab]
-            s.prepare_trace(lm, MODEL_THREAD.run)  # after a generation, once: in chunks, other sessions between
-            if notice := s.take_notice():  # e.g. its trace was freed for other sessions (and just recomputed)
-                gr.Info(notice)
             # drawn here; what the render recomputes with the model runs on the model thread (Recomputing)
-            with MODEL_THREAD.rendering(), s.drawing:
-                values = tab.render(s)
+            with MODEL_THREAD.rendering():
+                s.prepare_trace(lm, MODEL_THREAD.run)  # after a generation, once: in chunks, other sessions between
+                if notice := s.take_notice():  # e.g. its trace was freed for other sessions (and just recomputed)
+                    gr.Info(notice)
+                with s.drawing:
+                    values = tab.render(s)
             return {c: presentation_fonts(v, s.presentation) for c, v in zip(tab.outputs, values)}
 
         # While tokens stream, the plots of the open tab refresh on this timer, not in the generation's own updates:

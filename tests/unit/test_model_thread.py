@@ -67,10 +67,11 @@ def test_the_longest_task_of_each_kind_is_kept_until_read():
     assert MODEL_THREAD.longest_tasks() == {}
 
 
-def test_while_a_thread_renders_decoding_steps_compute_with_one_openmp_thread(monkeypatch):
-    """A render keeps a core busy; a decoding step computing with two threads beside it waits at every barrier for the
-    one the render preempted (bench/contention.py), so decoding steps take one thread until the render has ended and
-    Gradio has sent its figures (AFTER_RENDER later); every other task takes all."""
+def test_a_renders_tasks_and_decoding_steps_beside_it_compute_with_one_openmp_thread(monkeypatch):
+    """A render keeps a core busy; a task computing with two threads beside it waits at every barrier for the one the
+    render preempted (bench/contention.py). So what a render asks of the model thread takes one thread, and so do
+    decoding steps until it has ended and Gradio has sent its figures (AFTER_RENDER later); any other task takes
+    all (its numbers would depend on the count)."""
     import explorer.model_thread
 
     monkeypatch.setattr(MODEL_THREAD, "threads", 2)  # as on a machine of two cores or more (CI may have one)
@@ -80,6 +81,7 @@ def test_while_a_thread_renders_decoding_steps_compute_with_one_openmp_thread(mo
     def render() -> None:
         with MODEL_THREAD.rendering():
             inside.append(torch.get_num_threads())  # the render's own thread draws with one
+            inside.append(MODEL_THREAD.run(torch.get_num_threads))  # and what it asks of the model thread
             entered.set()
             leave.wait(60)
 
@@ -90,10 +92,10 @@ def test_while_a_thread_renders_decoding_steps_compute_with_one_openmp_thread(mo
     worker = threading.Thread(target=render)
     worker.start()
     assert entered.wait(60)
-    during = MODEL_THREAD.run(step), MODEL_THREAD.run(torch.get_num_threads)
+    during = MODEL_THREAD.schedule(step).result(), MODEL_THREAD.run(torch.get_num_threads)
     leave.set()
     worker.join()
-    just_after = MODEL_THREAD.run(step)
+    just_after = MODEL_THREAD.schedule(step).result()
     monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 0.0)
-    later = MODEL_THREAD.run(step)
-    assert (inside, during, just_after, later) == ([1], (1, 2), 1, 2)
+    later = MODEL_THREAD.schedule(step).result()
+    assert (inside, during, just_after, later) == ([1, 1], (1, 2), 1, 2)
