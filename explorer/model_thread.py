@@ -21,10 +21,12 @@ from typing import Any, Callable, Iterator, TypeVar
 import torch
 
 T = TypeVar("T")
-# seconds after a render's end during which the model thread's tasks still compute with one thread: Gradio turns the
-# figures into JSON and sends them after the render returns (the same bench with none: steps of 0.3-0.7 s, as two
-# threads met that work)
-AFTER_RENDER = 1.0
+# seconds after a render's end during which decoding steps still compute with one thread: Gradio turns the figures
+# into JSON and sends them after the render returns, the page draws them, and renders come in bursts (clicks, the
+# refresh while tokens stream). bench.clicks' stall, the second session's longest wait between two tokens: with
+# none, steps of 0.3-0.7 s as two threads met that work; with 1 s, 121-722 ms in seven runs (steps that began with
+# two threads 1-2 s after a render still met it); with 3 s, 184-274 ms in three
+AFTER_RENDER = 3.0
 
 
 class ModelThread:
