@@ -15,9 +15,9 @@ import time
 
 import torch
 
+from bench.serving import core_rates
 from explorer.model_thread import SWITCH_INTERVAL
 from model import load_model
-from model.batch import advance, sample_all
 
 TOKENS = 256
 BUSY, ASLEEP = 0.002, 0.008
@@ -48,21 +48,8 @@ def beside(lm, other: threading.Thread | multiprocessing.Process, stop) -> float
 
 
 def decode_rate(lm) -> float:
-    """Tokens/s of one sampled sequence, its prompt read first, TOKENS new tokens (the best of two runs)."""
-    best = 0.0
-    for _ in range(2):
-        d = lm.decoding(lm.tokenizer.encode("Story number 1: once upon a time"), max_new_tokens=TOKENS,
-                        temperature=1.0, top_k=50, top_p=0.95, seed=1, stop_at_eos=False)
-        start = time.perf_counter()
-        while not d.finished:
-            while d.prefilling:
-                d.prefill()
-            if d.ready:
-                advance([d])
-            if d.logits is not None:
-                sample_all([d])
-        best = max(best, TOKENS / (time.perf_counter() - start))
-    return best
+    """Tokens/s of one greedy sequence, its prompt read first, TOKENS new tokens (bench.serving's core rate)."""
+    return core_rates(lm, TOKENS, (1,))[1]
 
 
 def main() -> None:

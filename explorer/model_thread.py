@@ -25,7 +25,7 @@ T = TypeVar("T")
 # into JSON and sends them after the render returns, the page draws them, and renders come in bursts (clicks, the
 # refresh while tokens stream). bench.clicks' stall, the second session's longest wait between two tokens: with
 # none, steps of 0.3-0.7 s as two threads met that work; with 1 s, 121-722 ms in seven runs (steps that began with
-# two threads 1-2 s after a render still met it); with 3 s, 184-274 ms in three
+# two threads 1-2 s after a render still met it); with 3 s, 184-274 ms in four
 AFTER_RENDER = 3.0
 
 
