@@ -43,8 +43,10 @@ def extension() -> ModuleType | None:
                 digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
                 name = f"explorer_blockquant_{digest}"
                 with _building(name) as folder:
-                    _module = load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
-                                   extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
+                    module = load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"],
+                                  extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=False)
+                module.use_helpers(default_helpers())
+                _module = module
             except Exception as e:  # no compiler, no ninja, a read-only cache...: fall back to float32 weights
                 lines = str(e).strip().splitlines() or [""]
                 _error = f"{type(e).__name__}: " + next((ln for ln in lines if "error:" in ln), lines[-1])
@@ -77,6 +79,19 @@ def _put_ninja_on_path() -> None:
         return
     if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def default_helpers() -> int:
+    """The helper threads the kernels' loops use beside the calling thread: one for each other CPU this process may
+    run on, or as OMP_NUM_THREADS asks (the same count torch's own loops use, less the caller)."""
+    asked = os.environ.get("OMP_NUM_THREADS", "").strip()
+    threads = int(asked) if asked.isdigit() and int(asked) > 0 else len(os.sched_getaffinity(0))
+    return max(0, threads - 1)
+
+
+def helpers() -> int:
+    """How many helper threads the kernels' loops use now (0 where the kernels are not loaded)."""
+    return _module.helpers() if _module is not None else 0
 
 
 def error() -> str | None:

@@ -17,7 +17,17 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstring>
 #include <optional>
@@ -322,21 +332,224 @@ inline void prefetch(const void* p, int64_t bytes) {
 #endif
 }
 
-// The rows of x against weight row i in tiles of 8, then of 4: dots(rows constant, first row, out) computes a tile's
-// results into out, stored into y [rows, n]; returns the first row left for the one-row function.
+// The rows of x against one weight row in tiles of 8, then of 4: dots(rows constant, first row, out) computes a tile's
+// results into out, stored into that row's output column (row r's at col[r * stride]); returns the first row left for
+// the one-row function.
 template <typename Dots>
-inline int64_t by_tiles(int64_t rows, float* y, int64_t n, int64_t i, Dots dots) {
+inline int64_t by_tiles(int64_t rows, float* col, int64_t stride, Dots dots) {
   int64_t r = 0;
   float out[8];
   for (; r + 8 <= rows; r += 8) {
     dots(std::integral_constant<int, 8>{}, r, out);
-    for (int t = 0; t < 8; ++t) y[(r + t) * n + i] = out[t];
+    for (int t = 0; t < 8; ++t) col[(r + t) * stride] = out[t];
   }
   for (; r + 4 <= rows; r += 4) {
     dots(std::integral_constant<int, 4>{}, r, out);
-    for (int t = 0; t < 4; ++t) y[(r + t) * n + i] = out[t];
+    for (int t = 0; t < 4; ++t) col[(r + t) * stride] = out[t];
   }
   return r;
+}
+
+// ---- Work split between the calling thread and helpers that it never waits for ----
+//
+// A decoding step is ~150 short parallel loops. With OpenMP each ends at a barrier where the caller waits for every
+// thread of its team; on a machine whose cores also run a web server and renders, the OS often has one of them off
+// its core for milliseconds, and a step beside a busy process fell from 124 to 3 tokens/s (bench.contention). Here a
+// loop's items go out in chunks that the caller and the helpers take in turn; a helper computes its chunk into its
+// own scratch and stores it only if the caller has not taken the chunk over meanwhile. The caller, out of chunks,
+// waits for a helper's chunk about as long as one chunk takes, then computes it itself: a helper that the OS took off
+// its core costs a loop one chunk, never the rest of the helper's sleep. Each chunk is computed by the same serial
+// code whoever takes it, so the numbers are the same with any number of helpers, awake or not.
+
+// A chunk's state: taken by nobody yet, by the caller (who writes into the output directly), by a helper (who
+// computes into its scratch), a helper storing its scratch, or done.
+enum : int { FREE, CALLER, HELPER, STORING, DONE };
+
+// A loop over items: item i's output is `rows` runs of `width` floats, the r-th at y[r * stride + i * width].
+// compute(b, e, out, out_stride) writes items [b, e): item i's r-th run at out[r * out_stride + (i - b) * width].
+// keep holds every tensor compute reads or writes: a helper that the OS took off its core mid-chunk may still read
+// them after the caller has returned, until it finds that its chunk was taken over.
+struct Loop {
+  int64_t items, per_chunk, chunks, rows, width, stride;
+  float* y;
+  int helpers;
+  std::function<void(int64_t, int64_t, float*, int64_t)> compute;
+  std::vector<torch::Tensor> keep;
+  std::unique_ptr<std::atomic<int>[]> state;
+};
+
+// how long a helper spins for the next loop before it sleeps: a step's loops follow each other within microseconds,
+// steps within milliseconds (the Python between them), when a spinning helper would only take a core from others
+constexpr auto SPIN = std::chrono::microseconds(200), YIELD = std::chrono::microseconds(3000);
+
+// For tests: while set, each helper stops right after taking a chunk, as one the OS took off its core would, and the
+// caller lets the helpers take one before it starts on its own.
+std::atomic<bool> STALL{false};
+
+class Helpers {
+ public:
+  explicit Helpers(int count) : pid_(getpid()) {
+    for (int h = 0; h < count; ++h) std::thread([this, h] { serve(h); }).detach();
+    count_ = count;
+  }
+
+  int count() const { return count_; }
+  int inside() const { return inside_; }  // helpers inside a loop now (one that the caller may have finished)
+  bool forked() const { return getpid() != pid_; }
+
+  // Runs the loop with up to loop.helpers helpers; returns once every chunk is stored.
+  void run(const std::shared_ptr<Loop>& loop) {
+    std::unique_lock<std::mutex> turn(busy_, std::try_to_lock);
+    if (loop->helpers == 0 || loop->chunks < 2 || !turn.owns_lock()) {  // another thread's loop holds them: alone
+      loop->compute(0, loop->items, loop->y, loop->stride);
+      return;
+    }
+    bool wake;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      current_ = loop;
+      seq_.fetch_add(1, std::memory_order_release);
+      wake = sleeping_ > 0;
+    }
+    if (wake) asleep_.notify_all();
+    while (STALL && stalled_ < loop->helpers) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    Loop& l = *loop;
+    int64_t own = 0, own_ns = 0;
+    auto direct = [&](int64_t c) {
+      const auto start = std::chrono::steady_clock::now();
+      const int64_t b = c * l.per_chunk, e = std::min(l.items, b + l.per_chunk);
+      l.compute(b, e, l.y + b * l.width, l.stride);
+      l.state[c].store(DONE, std::memory_order_release);
+      own_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+      ++own;
+    };
+    for (int64_t i = 0; i < l.chunks; ++i) {  // its own part first, then any chunk nobody has taken
+      int expected = FREE;
+      if (l.state[i].compare_exchange_strong(expected, CALLER)) direct(i);
+    }
+    for (int64_t c = 0; c < l.chunks; ++c) {  // the helpers' chunks: wait about one chunk's time, then take them
+      const auto patience = std::chrono::nanoseconds(own ? 2 * own_ns / own + 2000 : 50000);
+      const auto since = std::chrono::steady_clock::now();
+      for (int s; (s = l.state[c].load(std::memory_order_acquire)) != DONE;) {
+        if (s == FREE || (s == HELPER && std::chrono::steady_clock::now() - since > patience)) {
+          if (l.state[c].compare_exchange_strong(s, CALLER)) direct(c);
+        } else {
+          pause();
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    current_.reset();  // a helper still inside it holds its own reference
+  }
+
+ private:
+  static void pause() {
+#ifdef EXPLORER_X86
+    _mm_pause();
+#endif
+  }
+
+  void serve(int h) {
+    pthread_setname_np(pthread_self(), "kernel-helper");
+    uint64_t seen = 0;
+    std::vector<float> scratch;
+    for (;;) {
+      const auto since = std::chrono::steady_clock::now();
+      for (int spins = 1; seq_.load(std::memory_order_acquire) == seen; ++spins) {
+        if (spins < 256) {
+          pause();
+          continue;
+        }
+        const auto waited = std::chrono::steady_clock::now() - since;
+        if (waited < SPIN) {
+          pause();
+        } else if (waited < YIELD) {
+          std::this_thread::yield();
+        } else {
+          std::unique_lock<std::mutex> lock(mutex_);
+          ++sleeping_;
+          asleep_.wait(lock, [&] { return seq_.load(std::memory_order_acquire) != seen; });
+          --sleeping_;
+        }
+      }
+      std::shared_ptr<Loop> loop;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        seen = seq_.load(std::memory_order_acquire);
+        loop = current_;
+      }
+      if (!loop || h >= loop->helpers) continue;
+      ++inside_;
+      Loop& l = *loop;
+      const int64_t first = (h + 1) * l.chunks / (l.helpers + 1);  // its own part first, then the rest
+      for (int64_t i = 0; i < l.chunks; ++i) {
+        const int64_t c = (first + i) % l.chunks;
+        int expected = FREE;
+        if (!l.state[c].compare_exchange_strong(expected, HELPER)) continue;
+        if (STALL) {
+          ++stalled_;
+          while (STALL) std::this_thread::sleep_for(std::chrono::microseconds(100));
+          --stalled_;
+        }
+        const int64_t b = c * l.per_chunk, e = std::min(l.items, b + l.per_chunk), run = (e - b) * l.width;
+        scratch.resize(l.rows * run);
+        l.compute(b, e, scratch.data(), run);
+        expected = HELPER;
+        if (!l.state[c].compare_exchange_strong(expected, STORING)) continue;  // the caller took it over
+        for (int64_t r = 0; r < l.rows; ++r)
+          std::memcpy(l.y + r * l.stride + b * l.width, scratch.data() + r * run, run * sizeof(float));
+        l.state[c].store(DONE, std::memory_order_release);
+      }
+      loop.reset();
+      --inside_;
+    }
+  }
+
+  int count_ = 0;
+  pid_t pid_;
+  std::mutex busy_, mutex_;
+  std::condition_variable asleep_;
+  std::shared_ptr<Loop> current_;
+  std::atomic<uint64_t> seq_{0};
+  std::atomic<int> stalled_{0}, inside_{0};
+  int sleeping_ = 0;
+};
+
+// items [0, n) of a loop whose output is y (see Loop) in chunks of per_chunk, between the calling thread and as many
+// helpers as torch's thread count on it allows (one a core beside it); compute must only read and write what keep
+// holds. The helpers start on first use (again in a forked child, which has none of its parent's threads).
+std::atomic<int> HELPERS{0};  // helpers a loop may use (use_helpers; the module sets torch's thread count less one)
+
+// The helpers, started on first use (again in a forked child, which has none of its parent's threads); never
+// destroyed: its threads live as long as the process.
+Helpers* pool(int want) {
+  static std::mutex creating;
+  static Helpers* helpers = nullptr;
+  std::lock_guard<std::mutex> lock(creating);
+  if (!helpers || helpers->forked() || helpers->count() < want)
+    helpers = new Helpers(std::max(want, int(std::thread::hardware_concurrency()) - 1));
+  return helpers;
+}
+
+// items [0, n) of a loop whose output is y (see Loop) in chunks of per_chunk, between the calling thread and up to
+// HELPERS helpers; compute must only read and write what keep holds.
+void split(int64_t n, int64_t per_chunk, float* y, int64_t rows, int64_t width, int64_t stride,
+           std::vector<torch::Tensor> keep, std::function<void(int64_t, int64_t, float*, int64_t)> compute) {
+  const int want = HELPERS;
+  auto loop = std::make_shared<Loop>();
+  loop->items = n, loop->per_chunk = std::max<int64_t>(1, per_chunk);
+  loop->chunks = (n + loop->per_chunk - 1) / loop->per_chunk;
+  loop->rows = rows, loop->width = width, loop->stride = stride, loop->y = y;
+  loop->compute = std::move(compute);
+  if (want == 0 || loop->chunks < 2) {
+    loop->compute(0, n, y, stride);
+    return;
+  }
+  loop->helpers = want;
+  loop->keep = std::move(keep);
+  loop->state.reset(new std::atomic<int>[loop->chunks]);
+  for (int64_t c = 0; c < loop->chunks; ++c) loop->state[c].store(FREE, std::memory_order_relaxed);
+  pool(want)->run(loop);
 }
 
 }  // namespace
@@ -348,18 +561,19 @@ torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   TORCH_CHECK(m.sizes() == d.sizes() && m.scalar_type() == torch::kFloat32 && m.is_contiguous(), "bad minimums");
   const int64_t rows = x.size(0), k = x.size(1), n = q.size(0), nb = k / BLOCK;
   auto y = torch::empty({rows, n}, x.options());
-  std::vector<float> xsum(rows * nb);  // sum of x over each block, for the minimums' part
-  const float *px = x.data_ptr<float>(), *ps = xsum.data(), *pd = d.data_ptr<float>(), *pm = m.data_ptr<float>();
+  auto xsum = torch::empty({rows, nb}, x.options());  // sum of x over each block, for the minimums' part
+  float* ps = xsum.data_ptr<float>();
+  const float *px = x.data_ptr<float>(), *pd = d.data_ptr<float>(), *pm = m.data_ptr<float>();
   for (int64_t i = 0; i < rows * nb; ++i) {
     float t = 0.f;
     for (int64_t j = 0; j < BLOCK; ++j) t += px[i * BLOCK + j];
-    xsum[i] = t;
+    ps[i] = t;
   }
   const uint8_t* pq = q.data_ptr<uint8_t>();
   float* py = y.data_ptr<float>();
   std::vector<const float*> xs(rows), ss(rows);
   for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k, ss[r] = ps + r * nb;
-  at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+  split(n, GRAIN, py, rows, 1, n, {x, q, d, m, y, xsum}, [=](int64_t begin, int64_t end, float* out, int64_t stride) {
     for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
       const uint8_t* qi = pq + i * (k / 2);
       const float *di = pd + i * nb, *mi = pm + i * nb;
@@ -369,8 +583,8 @@ torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
       int64_t r = 0;
 #ifdef EXPLORER_X86
       if (ISA == Isa::avx512) {
-        r = by_tiles(rows, py, n, i, [&](auto tile, int64_t r0, float* out) {
-          q4_1_dots_avx512<decltype(tile)::value>(qi, di, mi, &xs[r0], &ss[r0], nb, out);
+        r = by_tiles(rows, out + (i - begin), stride, [&](auto tile, int64_t r0, float* results) {
+          q4_1_dots_avx512<decltype(tile)::value>(qi, di, mi, &xs[r0], &ss[r0], nb, results);
         });
       }
 #endif
@@ -382,7 +596,7 @@ torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
         else
 #endif
           v = q4_1_dot_scalar(qi, di, mi, xs[r], ss[r], nb);
-        py[r * n + i] = v;
+        out[r * stride + (i - begin)] = v;
       }
     }
   });
@@ -399,7 +613,7 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   float* py = y.data_ptr<float>();
   std::vector<const float*> xs(rows);
   for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k;
-  at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+  split(n, GRAIN, py, rows, 1, n, {x, q, d, y}, [=](int64_t begin, int64_t end, float* out, int64_t stride) {
     for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
       const int8_t* qi = pq + i * k;
       const float* di = pd + i * nb;
@@ -408,8 +622,8 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
       int64_t r = 0;
 #ifdef EXPLORER_X86
       if (ISA == Isa::avx512) {
-        r = by_tiles(rows, py, n, i, [&](auto tile, int64_t r0, float* out) {
-          q8_0_dots_avx512<decltype(tile)::value>(qi, di, &xs[r0], nb, out);
+        r = by_tiles(rows, out + (i - begin), stride, [&](auto tile, int64_t r0, float* results) {
+          q8_0_dots_avx512<decltype(tile)::value>(qi, di, &xs[r0], nb, results);
         });
       }
 #endif
@@ -421,7 +635,7 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
         else
 #endif
           v = q8_0_dot_scalar(qi, di, xs[r], nb);
-        py[r * n + i] = v;
+        out[r * stride + (i - begin)] = v;
       }
     }
   });
@@ -440,15 +654,15 @@ torch::Tensor bf16_matmul(const torch::Tensor& x, const torch::Tensor& w) {
   float* py = y.data_ptr<float>();
   std::vector<const float*> xs(rows);
   for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k;
-  at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) {
+  split(n, GRAIN, py, rows, 1, n, {x, w, y}, [=](int64_t begin, int64_t end, float* out, int64_t stride) {
     for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
       const uint16_t* wi = pw + i * k;
       prefetch(wi + PREFETCH_ROWS * k, k * 2);
       int64_t r = 0;
 #ifdef EXPLORER_X86
       if (ISA == Isa::avx512) {
-        r = by_tiles(rows, py, n, i, [&](auto tile, int64_t r0, float* out) {
-          bf16_dots_avx512<decltype(tile)::value>(wi, &xs[r0], k, out);
+        r = by_tiles(rows, out + (i - begin), stride, [&](auto tile, int64_t r0, float* results) {
+          bf16_dots_avx512<decltype(tile)::value>(wi, &xs[r0], k, results);
         });
       }
 #endif
@@ -460,7 +674,7 @@ torch::Tensor bf16_matmul(const torch::Tensor& x, const torch::Tensor& w) {
         else
 #endif
           v = bf16_dot_scalar(wi, xs[r], k);
-        py[r * n + i] = v;
+        out[r * stride + (i - begin)] = v;
       }
     }
   });
@@ -626,15 +840,20 @@ torch::Tensor llama_block_rows(const torch::Tensor& h, const torch::Tensor& attn
   float* pa = attn.data_ptr<float>();
   // (row, head) tasks, each computed by the same serial code; split between threads only when there is enough work
   const int64_t tasks = rows * n_heads, grain = keys_read * n_heads < 16384 ? tasks : 1;
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+  std::vector<torch::Tensor> keep{qkv_out, cos, sin, attn};
+  std::vector<const float*> keys(rows), values(rows);
+  std::vector<int64_t> caps(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    keep.push_back(k_caches[r]), keep.push_back(v_caches[r]);
+    keys[r] = k_caches[r].data_ptr<float>(), values[r] = v_caches[r].data_ptr<float>(), caps[r] = k_caches[r].size(2);
+  }
+  split(tasks, grain, pa, 1, hd, 0, std::move(keep), [=](int64_t begin, int64_t end, float* out, int64_t) {
     std::vector<float> qr(hd), p;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / n_heads, head = task % n_heads, n = positions[r] + 1, cap = k_caches[r].size(2);
+      const int64_t r = task / n_heads, head = task % n_heads, n = positions[r] + 1, at = (head / group) * caps[r] * hd;
       p.resize(n);
       rope_row(pqkv + r * width + head * hd, pc + r * hd, ps + r * hd, half, qr.data());
-      const float* keys = k_caches[r].data_ptr<float>() + (head / group) * cap * hd;
-      const float* values = v_caches[r].data_ptr<float>() + (head / group) * cap * hd;
-      attend(qr.data(), keys, values, n, hd, float(scale), p.data(), pa + r * n_heads * hd + head * hd);
+      attend(qr.data(), keys[r] + at, values[r] + at, n, hd, float(scale), p.data(), out + (task - begin) * hd);
     }
   });
   auto mid = x + wo(attn);
@@ -643,10 +862,10 @@ torch::Tensor llama_block_rows(const torch::Tensor& h, const torch::Tensor& attn
   auto act = torch::empty({rows, f}, h.options());
   const float* pg = gu.data_ptr<float>();
   float* pact = act.data_ptr<float>();
-  at::parallel_for(0, rows * f, 4096, [&](int64_t begin, int64_t end) {  // silu(gate) * up, element by element
-    for (int64_t j = begin; j < end; ++j) {
+  split(rows * f, 4096, pact, 1, 1, 0, {gu, act}, [=](int64_t begin, int64_t end, float* out, int64_t) {
+    for (int64_t j = begin; j < end; ++j) {  // silu(gate) * up, element by element
       const float *gate = pg + (j / f) * 2 * f + j % f, *up = gate + f;
-      pact[j] = *gate / (1.f + std::exp(-*gate)) * *up;
+      out[j - begin] = *gate / (1.f + std::exp(-*gate)) * *up;
     }
   });
   return (mid + down(act)).view(h.sizes());
@@ -714,6 +933,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
       .def(py::init<torch::Tensor, torch::Tensor, double, Packed, Packed, Packed, Packed, int64_t, int64_t, double>());
   module.def("llama_blocks_rows", &llama_blocks_rows, "one new token of each row through every Llama-style block",
              release());
+  module.def("use_helpers", [](int n) { HELPERS = std::max(0, n); }, "how many helper threads a loop may use");
+  module.def("helpers", [] { return HELPERS.load(); }, "how many helper threads a loop may use");
+  module.def("helpers_inside", [] { return HELPERS > 0 ? pool(HELPERS)->inside() : 0; },
+             "helpers inside a loop now (for tests)");
+  module.def("stall_helpers", [](bool on) { STALL = on; }, "for tests: helpers stop after taking a chunk");
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }

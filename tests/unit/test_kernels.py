@@ -4,6 +4,8 @@ instruction-set path, the embedded model really decodes through them, and turnin
 whole bf16 checkpoint: tests/model/test_bf16.py.)"""
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import gguf
@@ -15,6 +17,7 @@ from model import kernels
 from model.fast import OneCallBlock, PackedLinear, PackedWeight, packed_matrices
 
 Q = gguf.GGMLQuantizationType
+HANG = 120.0  # seconds: only a hang waits this long
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +101,68 @@ def test_bad_arguments_are_refused_not_read_out_of_bounds(ext):
         ext.bf16_matmul(torch.randn(1, 48), w)
     with pytest.raises(RuntimeError, match="bf16 weights must be"):
         ext.bf16_matmul(torch.randn(1, 64), w.float())
+
+
+@pytest.fixture
+def helpers(ext):
+    """Sets how many helper threads the kernels' loops use; the default again afterwards."""
+    yield ext.use_helpers
+    ext.stall_helpers(False)
+    ext.use_helpers(kernels.default_helpers())
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_products_are_the_same_bits_with_any_number_of_helpers(ext, helpers, rows):
+    """A loop's chunks go to whichever thread takes them first, each computed by the same serial code."""
+    matrices = [PackedWeight.from_stored(*quantized(1000, 576, qtype)[:1], qtype) for qtype in (Q.Q4_1, Q.Q8_0)]
+    matrices.append(PackedWeight.from_bf16_values(torch.randn(1000, 576).to(torch.bfloat16).float()))
+    x = torch.randn(rows, 576, generator=torch.Generator().manual_seed(rows))
+    for packed in matrices:
+        results = []
+        for n in (0, 1, 3):
+            helpers(n)
+            results.append(packed.matmul(x))
+        assert all(torch.equal(r, results[0]) for r in results), packed.kind
+
+
+def test_decoding_is_the_same_bits_with_any_number_of_helpers(embedded_lm, helpers):
+    """Every loop of a step (products, attention, the MLP's activation) split or not: tokens, probabilities and the
+    recorded residual stream are identical."""
+    runs = []
+    for n in (0, 1):
+        helpers(n)
+        runs.append(list(embedded_lm.generate("The capital of France is", max_new_tokens=12, temperature=0.9, seed=3,
+                                              top_n=5, stop_at_eos=False, record=True)))
+    alone, split = runs
+    assert [(s.token_id, s.top_ids, s.top_probs) for s in alone] == [(s.token_id, s.top_ids, s.top_probs)
+                                                                      for s in split]
+    assert torch.equal(alone[-1].trace.hidden_states, split[-1].trace.hidden_states)
+
+
+def test_a_helper_taken_off_its_core_holds_up_no_product_and_stores_nothing_late(ext, helpers):
+    """A helper that takes a chunk and then does not run (as one the OS took off its core) costs the caller that chunk:
+    the caller computes it, returns, and the helper, run again later, finds the chunk taken and writes nothing into
+    an output its caller has since reused."""
+    raw, _ = quantized(1000, 576, Q.Q4_1)
+    packed = PackedWeight.from_stored(raw, Q.Q4_1)
+    x = torch.randn(4, 576)
+    helpers(0)
+    want = packed.matmul(x)
+    helpers(1)
+    ext.stall_helpers(True)
+    got = []
+    caller = threading.Thread(target=lambda: got.append(packed.matmul(x)))
+    caller.start()
+    caller.join(HANG)  # a caller waiting for the stalled helper would wait forever
+    assert got and torch.equal(got[0], want)
+    assert ext.helpers_inside() == 1  # the helper is still stopped inside the finished loop
+    got[0].zero_()  # the caller's output, reused
+    ext.stall_helpers(False)
+    deadline = time.monotonic() + HANG
+    while ext.helpers_inside() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert ext.helpers_inside() == 0
+    assert not got[0].any()
 
 
 def test_embedded_model_decodes_from_its_gguf_blocks(embedded_lm, ext):
