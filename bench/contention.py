@@ -1,10 +1,11 @@
-"""How the core's decoding suffers from other work on the same cores: tokens/s of one sequence with two OpenMP
-threads and with one, alone and beside another process that works in short bursts (2 ms busy, 8 ms asleep: a fifth
-of one core, as a web server's event loop and a client take it while tokens stream) or without pause (one core), and
-beside a Python thread of the same process (as a render draws: it also takes turns with the GIL). Each step of the
-two-thread decode ends ~150 parallel regions at a barrier (five a block), and a barrier waits for whichever thread
-the other work preempted; the app's model thread therefore computes with one thread while a render draws
-(explorer/model_thread.py).
+"""How the core's decoding suffers from other work on the same cores: tokens/s of one sequence split between the
+calling thread and the compiled kernels' helper threads (model/kernels/blockquant.cpp; torch's own ops then take one
+OpenMP thread: model/batch.py), and on one thread, each alone and beside another process that works in short bursts
+(2 ms busy, 8 ms asleep: a fifth of one core, as a web server's event loop and a client take it while tokens stream)
+or without pause (one core), and beside a Python thread of the same process (as a render draws: it also takes turns
+with the GIL). The caller never waits for a helper that the other work has taken off its core (it computes that
+chunk itself), so the split decode should fall to about the one-thread rate at worst. (With OpenMP's barriers, before
+the helpers, two threads fell from 124 to 3 tokens/s beside the process that never pauses.)
 Run: PYTHONPATH=. .venv/bin/python -m bench.contention"""
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from bench.serving import core_rates
 from explorer.model_thread import SWITCH_INTERVAL
-from model import load_model
+from model import kernels, load_model
 
 TOKENS = 256
 BUSY, ASLEEP = 0.002, 0.008
@@ -55,24 +56,31 @@ def decode_rate(lm) -> float:
 def main() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)  # as the app runs
     lm = load_model(device="cpu", dtype="float32")
-    threads = torch.get_num_threads()
+    ext, threads = kernels.extension(), torch.get_num_threads()
+    if ext is None:
+        raise SystemExit(f"the kernels are not available: {kernels.error()}")
     others = {f"bursts ({BUSY * 1000:.0f} ms busy, {ASLEEP * 1000:.0f} ms asleep)": (BUSY, ASLEEP),
               "without pause": (1.0, 0.0)}
     print(f"decode of one sequence, {TOKENS} tokens (tok/s): alone, beside another process working, and beside a "
           "Python thread of this process")
-    print(f"{'threads':>7} {'alone':>7}" + "".join(f" {name:>32} {'lost':>5}" for name in others)
+    print(f"{'helpers':>7} {'alone':>7}" + "".join(f" {name:>32} {'lost':>5}" for name in others)
           + f" {'a Python thread':>16} {'lost':>5}")
-    for n in sorted({threads, 1}, reverse=True):
-        torch.set_num_threads(n)
-        alone = decode_rate(lm)
-        row = f"{n:>7} {alone:>7.1f}"
-        for busy, asleep in others.values():
-            stop = multiprocessing.Event()
-            rate = beside(lm, multiprocessing.Process(target=work, args=(stop, busy, asleep)), stop)
-            row += f" {rate:>32.1f} {1 - rate / alone:>5.0%}"
-        stop = threading.Event()
-        rate = beside(lm, threading.Thread(target=python, args=(stop,)), stop)
-        print(row + f" {rate:>16.1f} {1 - rate / alone:>5.0%}")
+    try:
+        for n in sorted({kernels.default_helpers(), 0}, reverse=True):
+            ext.use_helpers(n)
+            torch.set_num_threads(n + 1)  # with none, all on one thread
+            alone = decode_rate(lm)
+            row = f"{n:>7} {alone:>7.1f}"
+            for busy, asleep in others.values():
+                stop = multiprocessing.Event()
+                rate = beside(lm, multiprocessing.Process(target=work, args=(stop, busy, asleep)), stop)
+                row += f" {rate:>32.1f} {1 - rate / alone:>5.0%}"
+            stop = threading.Event()
+            rate = beside(lm, threading.Thread(target=python, args=(stop,)), stop)
+            print(row + f" {rate:>16.1f} {1 - rate / alone:>5.0%}", flush=True)
+    finally:
+        ext.use_helpers(kernels.default_helpers())
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

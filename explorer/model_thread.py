@@ -20,8 +20,6 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
-from model import kernels
-
 T = TypeVar("T")
 # seconds after a render's end during which decoding steps still compute with one thread: Gradio turns the figures
 # into JSON and sends them after the render returns, the page draws them, and renders come in bursts (clicks, the
@@ -89,12 +87,9 @@ class ModelThread:
 
     def decoding_step(self) -> None:
         """On the model thread, before the forward pass and sampling of a decoding step (one new token of each running
-        generation), until the task ends (the next one starts with all again). Where the compiled kernels run the step,
-        one OpenMP thread: they split its matrix products with helper threads of their own, which the caller never
-        waits for, and torch's team would only spin on the cores beside them. Without them, one while a render draws
-        or has just drawn, all of torch's otherwise."""
-        rendering = self._renders or time.monotonic() - self._rendered < AFTER_RENDER
-        self._use(1 if rendering or kernels.helpers() else self.threads)
+        generation): one OpenMP thread while a render draws or has just drawn, all of torch's otherwise. Until the task
+        ends: the next one starts with all again."""
+        self._use(1 if self._renders or time.monotonic() - self._rendered < AFTER_RENDER else self.threads)
 
     def _timed(self, threads: int | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         self._use(threads or self.threads)

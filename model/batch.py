@@ -3,11 +3,13 @@ seed, recorder, the ids still to go through the model); `advance` moves many of 
 pass, each over its own cache at its own length (ragged caches: no padding, no mask), reading the weights once."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 
+from . import kernels
 from .cache import KVCache
 from .decoder import Attention, Block, Decoder
 from .fast.llama_block import OneCallBlock, step_all
@@ -131,10 +133,32 @@ class Decoding:
 
 
 @torch.inference_mode()
+@contextlib.contextmanager
+def _beside_helpers(split: bool) -> Iterator[None]:
+    """Torch's ops on one OpenMP thread while `split` and the compiled kernels split their loops with helper threads
+    (model/kernels): a team's second thread spins on a core for a while after each of torch's parallel ops (a step's
+    sampling over the vocabulary), taking it from the helper that the next loop needs (`python -m bench.contention`:
+    one sequence 85-90 tok/s so, 106-114 with one). A decoding step's numbers are the same with any count."""
+    before = torch.get_num_threads()
+    if not split or not kernels.helpers() or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     """Each decoding's next token from its logits (all have some), as a Step, the rows sampled together: the
     sampler's and the Step's numbers in one set of operations for all (model/sampling.py: Samples), each row's the
     same as alone."""
+    with _beside_helpers(True):
+        return _sample_all(decodings)
+
+
+def _sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     s = Samples.of(torch.stack([d.logits for d in decodings]), [d.settings for d in decodings],
                    [d.generator for d in decodings])
     tokens = torch.tensor(s.token_ids)[:, None]
@@ -166,11 +190,13 @@ def advance(decodings: Sequence[Decoding]) -> None:
     forward pass for all (MAX_ROWS at a time); alone, exactly the reference forward."""
     for start in range(0, len(decodings), MAX_ROWS):
         rows = decodings[start : start + MAX_ROWS]
-        if len(rows) == 1 and not one_call(rows[0].lm.decoder, rows):
+        split = one_call(rows[0].lm.decoder, rows)
+        if len(rows) == 1 and not split:
             rows[0].logits = rows[0]._forward(rows[0].pending)  # noqa: SLF001
         else:
-            for d, logits in zip(rows, forward_rows(rows[0].lm.decoder, rows)):
-                d.logits = logits
+            with _beside_helpers(split):
+                for d, logits in zip(rows, forward_rows(rows[0].lm.decoder, rows)):
+                    d.logits = logits
         for d in rows:
             d.pending = []
 

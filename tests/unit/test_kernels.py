@@ -139,6 +139,30 @@ def test_decoding_is_the_same_bits_with_any_number_of_helpers(embedded_lm, helpe
     assert torch.equal(alone[-1].trace.hidden_states, split[-1].trace.hidden_states)
 
 
+def test_a_step_split_by_the_helpers_runs_torchs_ops_on_one_openmp_thread(embedded_lm, helpers, monkeypatch):
+    """A second OpenMP thread would spin after each of torch's parallel ops on the core the helper needs next: while
+    the helpers split a step, its forward pass and sampling keep torch to one thread, and give the caller's count
+    back; with no helper they leave torch's count alone."""
+    from model import batch
+
+    seen = []
+    for name in ("forward_rows", "_sample_all"):
+        real = getattr(batch, name)
+        monkeypatch.setattr(batch, name, lambda *a, real=real: seen.append(torch.get_num_threads()) or real(*a))
+    torch.set_num_threads(2)
+    for n in (1, 0):
+        helpers(n)
+        d = embedded_lm.decoding("The capital of France is", max_new_tokens=2, greedy=True)
+        while d.prefilling:
+            d.prefill()
+        batch.sample_all([d])  # the prompt's last logits
+        assert d.ready
+        batch.advance([d])
+        d.close()
+        assert torch.get_num_threads() == 2
+    assert seen == [1, 1, 2, 2]
+
+
 def test_a_helper_taken_off_its_core_holds_up_no_product_and_stores_nothing_late(ext, helpers):
     """A helper that takes a chunk and then does not run (as one the OS took off its core) costs the caller that chunk:
     the caller computes it, returns, and the helper, run again later, finds the chunk taken and writes nothing into

@@ -10,7 +10,6 @@ import torch
 
 from explorer.model_thread import MODEL_THREAD, Recomputing, drawing
 from explorer.session import Session
-from model import kernels
 
 
 def test_a_sessions_trace_recomputes_on_the_model_thread(embedded_lm, monkeypatch):
@@ -77,7 +76,6 @@ def test_a_renders_tasks_and_decoding_steps_beside_it_compute_with_one_openmp_th
 
     monkeypatch.setattr(MODEL_THREAD, "threads", 2)  # as on a machine of two cores or more (CI may have one)
     monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 1e9)
-    monkeypatch.setattr(kernels, "helpers", lambda: 0)  # without the compiled kernels' helpers (their case: below)
     inside, entered, leave = [], threading.Event(), threading.Event()
 
     def render() -> None:
@@ -101,17 +99,3 @@ def test_a_renders_tasks_and_decoding_steps_beside_it_compute_with_one_openmp_th
     monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 0.0)
     later = MODEL_THREAD.schedule(step).result()
     assert (inside, during, just_after, later) == ([1, 1], (1, 2), 1, 2)
-
-
-def test_decoding_steps_leave_the_split_to_the_kernels_helpers(monkeypatch):
-    """Where the compiled kernels split a step between the model thread and their helpers, torch's team would only
-    spin on the cores beside them: a decoding step takes one OpenMP thread, render or none; other tasks all."""
-    monkeypatch.setattr(MODEL_THREAD, "threads", 2)
-    monkeypatch.setattr(kernels, "helpers", lambda: 1)
-
-    def step() -> int:
-        MODEL_THREAD.decoding_step()
-        return torch.get_num_threads()
-
-    assert MODEL_THREAD.schedule(step).result() == 1
-    assert MODEL_THREAD.run(torch.get_num_threads) == 2
