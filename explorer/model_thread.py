@@ -33,9 +33,11 @@ class ModelThread:
     """The thread, its tasks, and how many OpenMP threads they compute with: all of torch's (one a core), but one for
     the tasks of a render (what it recomputes: asked from inside rendering()) and for a decoding step while a render
     draws on another thread or has just drawn (AFTER_RENDER). Beside a Python thread that keeps a core busy, as a
-    render does, a decode with two threads on this 2-core machine fell from 115 to 11 tokens/s (each of its ~150
+    render does, a decode with two OpenMP threads on this 2-core machine fell from 115 to 11 tokens/s (each of its ~150
     parallel regions a step ends at a barrier that waits for whichever of its threads the render preempted), one
-    with a single thread from 70 to 35 (`python -m bench.contention`). A decoding step's numbers are the same with any
+    with a single thread from 70 to 35. (Where the compiled kernels run a step, they split it with helper threads of
+    their own that the caller never waits for, and torch's own ops in it take one thread anyway: model/batch.py.
+    This policy is then what a model without them gets.) A decoding step's numbers are the same with any
     number of threads (each output computed by the same serial code); a prefill's or a recomputation's are not
     (torch's float32 products split their work by thread), so a prefill always takes all, and a render's
     recomputations always one: a seed gives the same text, and a view the same numbers, whatever other sessions

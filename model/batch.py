@@ -132,13 +132,17 @@ class Decoding:
         self.finished = True
 
 
-@torch.inference_mode()
+# Up to this many rows, a step's sampling takes one OpenMP thread beside the kernels' helpers (_beside_helpers); more
+# rows are worth torch's team (16 rows: 6.1 ms with two threads, 10.5 with one)
+FEW_ROWS = 4
+
+
 @contextlib.contextmanager
 def _beside_helpers(split: bool) -> Iterator[None]:
     """Torch's ops on one OpenMP thread while `split` and the compiled kernels split their loops with helper threads
     (model/kernels): a team's second thread spins on a core for a while after each of torch's parallel ops (a step's
-    sampling over the vocabulary), taking it from the helper that the next loop needs (`python -m bench.contention`:
-    one sequence 85-90 tok/s so, 106-114 with one). A decoding step's numbers are the same with any count."""
+    sampling over the vocabulary), taking it from the helper that the next loop needs (one sequence decoded at 83-90
+    tok/s so, 106-114 with one). A decoding step's numbers are the same with any count."""
     before = torch.get_num_threads()
     if not split or not kernels.helpers() or before == 1:
         yield
@@ -150,11 +154,12 @@ def _beside_helpers(split: bool) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@torch.inference_mode()
 def sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     """Each decoding's next token from its logits (all have some), as a Step, the rows sampled together: the
     sampler's and the Step's numbers in one set of operations for all (model/sampling.py: Samples), each row's the
     same as alone."""
-    with _beside_helpers(True):
+    with _beside_helpers(len(decodings) < FEW_ROWS):
         return _sample_all(decodings)
 
 

@@ -365,6 +365,12 @@ inline int64_t by_tiles(int64_t rows, float* col, int64_t stride, Dots dots) {
 // computes into its scratch), a helper storing its scratch, or done.
 enum : int { FREE, CALLER, HELPER, STORING, DONE };
 
+// one cache line each: the caller and a helper taking neighbouring chunks would otherwise pass the line back and
+// forth at every chunk (a decoding step's chunks take about a microsecond)
+struct alignas(64) State : std::atomic<int> {
+  State() : std::atomic<int>(FREE) {}
+};
+
 // A loop over items: item i's output is `rows` runs of `width` floats, the r-th at y[r * stride + i * width].
 // compute(b, e, out, out_stride) writes items [b, e): item i's r-th run at out[r * out_stride + (i - b) * width].
 // keep holds every tensor compute reads or writes: a helper that the OS took off its core mid-chunk may still read
@@ -375,7 +381,28 @@ struct Loop {
   int helpers;
   std::function<void(int64_t, int64_t, float*, int64_t)> compute;
   std::vector<torch::Tensor> keep;
-  std::unique_ptr<std::atomic<int>[]> state;
+  std::unique_ptr<State[]> state;
+  alignas(64) std::atomic<int64_t> stored{0};  // chunks the helpers have stored
+
+  // Thread t's part (0: the caller, h + 1: helper h): equal runs of chunks, one after the other.
+  int64_t part(int t) const { return t * chunks / (helpers + 1); }
+
+  // Takes chunks for thread t (as `who`) and runs each with work(c): its own part upwards until a chunk is taken
+  // (others take a part from its end), then the rest of each other part from its end downwards, until a chunk is
+  // taken. Each thread streams through runs of consecutive rows, and touches another's chunks only where they meet.
+  template <typename Work>
+  void take(int t, int who, Work work) {
+    for (int64_t c = part(t); c < part(t + 1) && claim(c, who); ++c) work(c);
+    for (int u = 1; u <= helpers; ++u) {
+      const int other = (t + u) % (helpers + 1);
+      for (int64_t c = part(other + 1) - 1; c >= part(other) && claim(c, who); --c) work(c);
+    }
+  }
+
+  bool claim(int64_t c, int who) {
+    int expected = FREE;
+    return state[c].load(std::memory_order_relaxed) == FREE && state[c].compare_exchange_strong(expected, who);
+  }
 };
 
 // how long a helper spins for the next loop before it sleeps: a step's loops follow each other within microseconds,
@@ -404,42 +431,38 @@ class Helpers {
       loop->compute(0, loop->items, loop->y, loop->stride);
       return;
     }
-    bool wake;
-    {
+    std::atomic_store(&current_, loop);
+    seq_.fetch_add(1);
+    if (sleeping_) {  // a helper that counted itself asleep holds the mutex until it waits
       std::lock_guard<std::mutex> lock(mutex_);
-      current_ = loop;
-      seq_.fetch_add(1, std::memory_order_release);
-      wake = sleeping_ > 0;
+      asleep_.notify_all();
     }
-    if (wake) asleep_.notify_all();
     while (STALL && stalled_ < loop->helpers) std::this_thread::sleep_for(std::chrono::microseconds(100));
     Loop& l = *loop;
-    int64_t own = 0, own_ns = 0;
+    int64_t own = 0;
+    const auto start = std::chrono::steady_clock::now();
     auto direct = [&](int64_t c) {
-      const auto start = std::chrono::steady_clock::now();
       const int64_t b = c * l.per_chunk, e = std::min(l.items, b + l.per_chunk);
       l.compute(b, e, l.y + b * l.width, l.stride);
       l.state[c].store(DONE, std::memory_order_release);
-      own_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
       ++own;
     };
-    for (int64_t i = 0; i < l.chunks; ++i) {  // its own part first, then any chunk nobody has taken
-      int expected = FREE;
-      if (l.state[i].compare_exchange_strong(expected, CALLER)) direct(i);
-    }
-    for (int64_t c = 0; c < l.chunks; ++c) {  // the helpers' chunks: wait about one chunk's time, then take them
-      const auto patience = std::chrono::nanoseconds(own ? 2 * own_ns / own + 2000 : 50000);
-      const auto since = std::chrono::steady_clock::now();
-      for (int s; (s = l.state[c].load(std::memory_order_acquire)) != DONE;) {
-        if (s == FREE || (s == HELPER && std::chrono::steady_clock::now() - since > patience)) {
-          if (l.state[c].compare_exchange_strong(s, CALLER)) direct(c);
-        } else {
-          pause();
-        }
+    l.take(0, CALLER, direct);
+    // the helpers' chunks: wait about as long as one of its own chunks took, then compute those not yet stored
+    const auto patience = (std::chrono::steady_clock::now() - start) / std::max<int64_t>(own, 1) * 2 +
+                          std::chrono::microseconds(2);
+    for (auto since = std::chrono::steady_clock::now(); own + l.stored.load(std::memory_order_acquire) < l.chunks;) {
+      if (std::chrono::steady_clock::now() - since < patience) {
+        pause();
+        continue;
       }
+      for (int64_t c = 0; c < l.chunks; ++c) {
+        int s = l.state[c].load(std::memory_order_acquire);
+        if ((s == FREE || s == HELPER) && l.state[c].compare_exchange_strong(s, CALLER)) direct(c);
+      }
+      since = std::chrono::steady_clock::now();
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    current_.reset();  // a helper still inside it holds its own reference
+    std::atomic_store(&current_, std::shared_ptr<Loop>());  // a helper still inside it holds its own reference
   }
 
  private:
@@ -468,24 +491,16 @@ class Helpers {
         } else {
           std::unique_lock<std::mutex> lock(mutex_);
           ++sleeping_;
-          asleep_.wait(lock, [&] { return seq_.load(std::memory_order_acquire) != seen; });
+          asleep_.wait(lock, [&] { return seq_ != seen; });
           --sleeping_;
         }
       }
-      std::shared_ptr<Loop> loop;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        seen = seq_.load(std::memory_order_acquire);
-        loop = current_;
-      }
+      seen = seq_;
+      std::shared_ptr<Loop> loop = std::atomic_load(&current_);
       if (!loop || h >= loop->helpers) continue;
       ++inside_;
       Loop& l = *loop;
-      const int64_t first = (h + 1) * l.chunks / (l.helpers + 1);  // its own part first, then the rest
-      for (int64_t i = 0; i < l.chunks; ++i) {
-        const int64_t c = (first + i) % l.chunks;
-        int expected = FREE;
-        if (!l.state[c].compare_exchange_strong(expected, HELPER)) continue;
+      l.take(h + 1, HELPER, [&](int64_t c) {
         if (STALL) {
           ++stalled_;
           while (STALL) std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -494,12 +509,13 @@ class Helpers {
         const int64_t b = c * l.per_chunk, e = std::min(l.items, b + l.per_chunk), run = (e - b) * l.width;
         scratch.resize(l.rows * run);
         l.compute(b, e, scratch.data(), run);
-        expected = HELPER;
-        if (!l.state[c].compare_exchange_strong(expected, STORING)) continue;  // the caller took it over
+        int expected = HELPER;
+        if (!l.state[c].compare_exchange_strong(expected, STORING)) return;  // the caller took it over
         for (int64_t r = 0; r < l.rows; ++r)
           std::memcpy(l.y + r * l.stride + b * l.width, scratch.data() + r * run, run * sizeof(float));
         l.state[c].store(DONE, std::memory_order_release);
-      }
+        l.stored.fetch_add(1, std::memory_order_release);
+      });
       loop.reset();
       --inside_;
     }
@@ -511,8 +527,7 @@ class Helpers {
   std::condition_variable asleep_;
   std::shared_ptr<Loop> current_;
   std::atomic<uint64_t> seq_{0};
-  std::atomic<int> stalled_{0}, inside_{0};
-  int sleeping_ = 0;
+  std::atomic<int> stalled_{0}, inside_{0}, sleeping_{0};
 };
 
 // items [0, n) of a loop whose output is y (see Loop) in chunks of per_chunk, between the calling thread and as many
@@ -547,8 +562,7 @@ void split(int64_t n, int64_t per_chunk, float* y, int64_t rows, int64_t width, 
   }
   loop->helpers = want;
   loop->keep = std::move(keep);
-  loop->state.reset(new std::atomic<int>[loop->chunks]);
-  for (int64_t c = 0; c < loop->chunks; ++c) loop->state[c].store(FREE, std::memory_order_relaxed);
+  loop->state.reset(new State[loop->chunks]);
   pool(want)->run(loop);
 }
 
