@@ -91,7 +91,8 @@ class Decoding:
     def prefill(self) -> None:
         """The next chunk of the prompt through the model, alone; after the last one, the logits to sample from."""
         ids, self.pending = self.pending[: self.chunk], self.pending[self.chunk:]
-        logits = self._forward(ids)
+        with _beside_helpers(len(ids) <= MAX_PACKED_ROWS):  # a short chunk's products read the packed kernels
+            logits = self._forward(ids)
         if not self.pending:
             self.logits = logits
 
@@ -141,8 +142,10 @@ FEW_ROWS = 4
 def _beside_helpers(split: bool) -> Iterator[None]:
     """Torch's ops on one OpenMP thread while `split` and the compiled kernels split their loops with helper threads
     (model/kernels): a team's second thread spins on a core for a while after each of torch's parallel ops (a step's
-    sampling over the vocabulary), taking it from the helper that the next loop needs (one sequence decoded at 83-90
-    tok/s so, 106-114 with one). A decoding step's numbers are the same with any count."""
+    sampling over the vocabulary, a short prompt's norms and attention), taking it from the helper that the next loop
+    needs (one sequence decoded at 83-90 tok/s so, 106-114 with one; 16 short prompts read with two threads cost 16
+    sequences a tenth of their rate). A decoding step's numbers are the same with any count; a short prompt's chunk
+    always takes one, whoever reads it."""
     before = torch.get_num_threads()
     if not split or not kernels.helpers() or before == 1:
         yield

@@ -141,14 +141,18 @@ def test_decoding_is_the_same_bits_with_any_number_of_helpers(embedded_lm, helpe
 
 def test_a_step_split_by_the_helpers_runs_torchs_ops_on_one_openmp_thread(embedded_lm, helpers, monkeypatch):
     """A second OpenMP thread would spin after each of torch's parallel ops on the core the helper needs next: while
-    the helpers split a step, its forward pass and sampling keep torch to one thread, and give the caller's count
-    back; with no helper they leave torch's count alone."""
+    the helpers split a step, its forward pass and sampling keep torch to one thread, and so does a short prompt's
+    prefill (its products read the packed kernels), each giving the caller's count back; with no helper they leave
+    torch's count alone."""
     from model import batch
 
     seen = []
     for name in ("forward_rows", "_sample_all"):
         real = getattr(batch, name)
         monkeypatch.setattr(batch, name, lambda *a, real=real: seen.append(torch.get_num_threads()) or real(*a))
+    real_forward = batch.Decoding._forward
+    monkeypatch.setattr(batch.Decoding, "_forward",
+                        lambda self, ids: seen.append(torch.get_num_threads()) or real_forward(self, ids))
     torch.set_num_threads(2)
     for n in (1, 0):
         helpers(n)
@@ -160,7 +164,7 @@ def test_a_step_split_by_the_helpers_runs_torchs_ops_on_one_openmp_thread(embedd
         batch.advance([d])
         d.close()
         assert torch.get_num_threads() == 2
-    assert seen == [1, 1, 2, 2]
+    assert seen == [1, 1, 1, 2, 2, 2]  # prefill, sampling, forward pass
 
 
 def test_a_helper_taken_off_its_core_holds_up_no_product_and_stores_nothing_late(ext, helpers):
