@@ -353,7 +353,7 @@ inline int64_t by_tiles(int64_t rows, float* col, int64_t stride, Dots dots) {
 
 // ---- Work split between the calling thread and helpers that it never waits for ----
 //
-// A decoding step is ~150 short parallel loops. With OpenMP each ends at a barrier where the caller waits for every
+// A decoding step is ~120 short parallel loops. With OpenMP each ended at a barrier where the caller waits for every
 // thread of its team; on a machine whose cores also run a web server and renders, the OS often has one of them off
 // its core for milliseconds, and a step beside a busy process fell from 124 to 3 tokens/s (bench.contention). Here a
 // loop's items go out in chunks that the caller and the helpers take in turn; a helper computes its chunk into its
@@ -366,8 +366,8 @@ inline int64_t by_tiles(int64_t rows, float* col, int64_t stride, Dots dots) {
 // computes into its scratch), a helper storing its scratch, or done.
 enum : int { FREE, CALLER, HELPER, STORING, DONE };
 
-// one cache line each: the caller and a helper taking neighbouring chunks would otherwise pass the line back and
-// forth at every chunk (a decoding step's chunks take about a microsecond)
+// one cache line each, so that threads claiming neighbouring chunks do not pass a line back and forth (on this 2-core
+// machine it measured the same as packed states: each thread claims its own run, and they meet once)
 struct alignas(64) State : std::atomic<int> {
   State() : std::atomic<int>(FREE) {}
 };
@@ -406,8 +406,10 @@ struct Loop {
   }
 };
 
-// how long a helper spins for the next loop before it sleeps: a step's loops follow each other within microseconds,
-// steps within milliseconds (the Python between them), when a spinning helper would only take a core from others
+// how long a helper spins for the next loop, then yields its core to any other thread that wants it, before it sleeps
+// until woken: a step's loops follow each other within microseconds, steps within milliseconds (the Python between
+// them); a helper woken from sleep joins a loop late (one sequence: 106 tok/s sleeping after 200 us, 114 yielding
+// until 3 ms), and one spinning longer takes a core from a render's thread and so the GIL from the model thread
 constexpr auto SPIN = std::chrono::microseconds(200), YIELD = std::chrono::microseconds(3000);
 
 // For tests: while set, each helper stops right after taking a chunk, as one the OS took off its core would, and the
