@@ -430,7 +430,7 @@ class Helpers {
   // Runs the loop with up to loop.helpers helpers; returns once every chunk is stored.
   void run(const std::shared_ptr<Loop>& loop) {
     std::unique_lock<std::mutex> turn(busy_, std::try_to_lock);
-    if (loop->helpers == 0 || loop->chunks < 2 || !turn.owns_lock()) {  // another thread's loop holds them: alone
+    if (!turn.owns_lock()) {  // another thread's loop holds the helpers: alone
       loop->compute(0, loop->items, loop->y, loop->stride);
       return;
     }
@@ -533,10 +533,7 @@ class Helpers {
   std::atomic<int> stalled_{0}, inside_{0}, sleeping_{0};
 };
 
-// items [0, n) of a loop whose output is y (see Loop) in chunks of per_chunk, between the calling thread and as many
-// helpers as torch's thread count on it allows (one a core beside it); compute must only read and write what keep
-// holds. The helpers start on first use (again in a forked child, which has none of its parent's threads).
-std::atomic<int> HELPERS{0};  // helpers a loop may use (use_helpers; the module sets torch's thread count less one)
+std::atomic<int> HELPERS{0};  // helpers a loop may use (use_helpers; the module sets one for each other core)
 
 // The helpers, started on first use (again in a forked child, which has none of its parent's threads); never
 // destroyed: its threads live as long as the process.
@@ -550,22 +547,25 @@ Helpers* pool(int want) {
 }
 
 // items [0, n) of a loop whose output is y (see Loop) in chunks of per_chunk, between the calling thread and up to
-// HELPERS helpers; compute must only read and write what keep holds.
+// HELPERS helpers; compute must only read and write what keep holds. A loop of one chunk, or with no helpers, runs
+// here and now, with nothing allocated.
+template <typename Compute>
 void split(int64_t n, int64_t per_chunk, float* y, int64_t rows, int64_t width, int64_t stride,
-           std::vector<torch::Tensor> keep, std::function<void(int64_t, int64_t, float*, int64_t)> compute) {
+           std::vector<torch::Tensor> keep, Compute compute) {
   const int want = HELPERS;
-  auto loop = std::make_shared<Loop>();
-  loop->items = n, loop->per_chunk = std::max<int64_t>(1, per_chunk);
-  loop->chunks = (n + loop->per_chunk - 1) / loop->per_chunk;
-  loop->rows = rows, loop->width = width, loop->stride = stride, loop->y = y;
-  loop->compute = std::move(compute);
-  if (want == 0 || loop->chunks < 2) {
-    loop->compute(0, n, y, stride);
+  per_chunk = std::max<int64_t>(1, per_chunk);
+  const int64_t chunks = (n + per_chunk - 1) / per_chunk;
+  if (want == 0 || chunks < 2) {
+    compute(0, n, y, stride);
     return;
   }
+  auto loop = std::make_shared<Loop>();
+  loop->items = n, loop->per_chunk = per_chunk, loop->chunks = chunks;
+  loop->rows = rows, loop->width = width, loop->stride = stride, loop->y = y;
   loop->helpers = want;
+  loop->compute = std::move(compute);
   loop->keep = std::move(keep);
-  loop->state.reset(new State[loop->chunks]);
+  loop->state.reset(new State[chunks]);
   pool(want)->run(loop);
 }
 
