@@ -21,6 +21,7 @@ from explorer.ui.attention_tab import AttentionTab
 from explorer.ui.common import Limits, model_summary, presentation_fonts
 from explorer.ui.embeddings_tab import EmbeddingsTab
 from explorer.ui.experts_tab import ExpertsTab
+from explorer.ui.gradio_sessions import lazy_session_configs, without_matplotlib
 from explorer.ui.lessons import Lessons
 from explorer.ui.logit_lens_tab import LogitLensTab
 from explorer.ui.next_token_tab import NextTokenTab
@@ -380,4 +381,6 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                                                               temperature=temperature, top_k=top_k, top_p=top_p,
                                                               seed=seed, greedy=greedy, stop_at_eos=stop_at_eos))
     check_event_inputs(app)  # part of the app, whoever launches it
+    lazy_session_configs()  # a new session costs the event loop no configuration of 215 components
+    without_matplotlib()
     return app
