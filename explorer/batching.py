@@ -1,7 +1,7 @@
 """The scheduler of the running generations (explorer/generations.py): one task at a time on the model thread, each
 a step that advances every running generation, renders and other model-thread tasks going between steps. A step:
 stop requests end their generation at once; prompts still being read, oldest first, up to PREFILL_CHUNK tokens (so
-a long prompt, read a chunk a step, never stalls the others for long); one forward pass for every generation ready
+a long prompt, read a chunk a step, never stalls the others for long; short ones together, in one call); one forward pass for every generation ready
 for its next token (model/batch.py); their tokens sampled together, each with its own settings and generator. A
 generation that ends leaves at once; a new one joins the next step."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Protocol
 
 from explorer.model_thread import MODEL_THREAD, ModelThread
-from model.batch import PREFILL_CHUNK, Decoding, advance, sample_all
+from model.batch import PREFILL_CHUNK, Decoding, advance, prefill_all, sample_all
 
 
 class Member(Protocol):
@@ -72,16 +72,23 @@ class Batcher:
             if not m.ended and m.decoding is None:
                 _guarded(m, m.advance_alone)
         budget = PREFILL_CHUNK  # prompt tokens a step reads: several short prompts, or one chunk of a long one
+        reading = []
         for m in members:
             if budget > 0 and not m.ended and m.decoding is not None and m.decoding.prefilling:
                 budget -= min(len(m.decoding.pending), m.decoding.chunk)
+                reading.append(m)
+        for group in _by_model([m for m in reading if m.decoding.short_chunk]):
+            try:
+                prefill_all([m.decoding for m in group])  # short prompts together, as rows of one call
+            except Exception:  # noqa: BLE001: find whose it is, as below
+                for m in group:
+                    if m.decoding.prefilling:
+                        _guarded(m, m.decoding.prefill)
+        for m in reading:
+            if not m.ended and m.decoding.prefilling and not m.decoding.short_chunk:
                 _guarded(m, m.decoding.prefill)
         self._thread.decoding_step()  # one OpenMP thread while a render draws (explorer/model_thread.py)
-        by_model = defaultdict(list)
-        for m in members:
-            if not m.ended and m.decoding is not None and m.decoding.ready:
-                by_model[id(m.decoding.lm)].append(m)
-        for ready in by_model.values():
+        for ready in _by_model([m for m in members if not m.ended and m.decoding is not None and m.decoding.ready]):
             try:
                 advance([m.decoding for m in ready])
             except Exception:  # noqa: BLE001: find whose it is: each alone, so one bad sequence ends only itself
@@ -95,6 +102,14 @@ class Batcher:
             steps = [None] * len(sampling)
         for m, step in zip(sampling, steps):
             _guarded(m, lambda m=m, step=step: m.take(step or sample_all([m.decoding])[0]))
+
+
+def _by_model(members: list[Member]) -> list[list[Member]]:
+    """members grouped by the model their decoding runs on: one forward pass takes one model's rows."""
+    groups = defaultdict(list)
+    for m in members:
+        groups[id(m.decoding.lm)].append(m)
+    return list(groups.values())
 
 
 def _guarded(member: Member, work) -> None:

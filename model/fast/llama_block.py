@@ -83,14 +83,21 @@ class OneCallBlock(Block):
 
 
 def step_all(blocks: list[OneCallBlock], h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-             caches: list[KVCache], residuals: torch.Tensor | None = None) -> torch.Tensor:
+             caches: list[KVCache], positions: list[int] | None = None,
+             residuals: torch.Tensor | None = None) -> torch.Tensor:
     """OneCallBlock.step_rows through every block in turn, in one compiled call (model/kernels: llama_blocks_rows): the
     model thread gives up the GIL once a step instead of around each block, and other threads' Python makes it wait
-    once. residuals [layers, B, d], when given, receives each block's output."""
+    once. Row r is at positions[r] (by default its cache's length) of caches[r]; rows may share a cache (a short
+    prompt's ids, each at its own position: the call writes every row's key and value before any row attends).
+    residuals [layers, B, d], when given, receives each block's output."""
     attn: Attention = blocks[0].attn
+    positions = [cache.length for cache in caches] if positions is None else positions
+    ends: dict[int, int] = {}  # each cache's room needed, by id
+    for cache, at in zip(caches, positions):
+        ends[id(cache)] = max(ends.get(id(cache), 0), at + 1)
     like = h.new_empty(1, attn.n_kv_heads, 0, attn.d_head)
-    buffers = [[cache.reserve(block.layer, cache.length + 1, like, like) for cache in caches] for block in blocks]
+    buffers = [[cache.reserve(block.layer, ends[id(cache)], like, like) for cache in caches] for block in blocks]
     return kernels.extension().llama_blocks_rows(
         h.contiguous(), [block.for_kernels for block in blocks], rope[0].contiguous(), rope[1].contiguous(),
         [[k for k, _ in layer] for layer in buffers], [[v for _, v in layer] for layer in buffers],
-        [cache.length for cache in caches], residuals)
+        list(positions), residuals)

@@ -30,11 +30,14 @@ SEEDED = [dict(temperature=1.0, top_k=50, top_p=0.95, seed=7), dict(temperature=
 @pytest.fixture
 def log(monkeypatch) -> list[tuple]:
     """What the batcher runs, in order: ("advance", decodings) for each forward pass of ready generations,
-    ("prefill", decoding) for each prompt chunk."""
+    ("prefill", decoding) for each prompt chunk read alone, ("prefill together", decodings) for the short chunks of
+    several prompts read in one call."""
     events: list[tuple] = []
-    real_advance, real_prefill = batching.advance, Decoding.prefill
+    real_advance, real_prefill, real_together = batching.advance, Decoding.prefill, batching.prefill_all
     monkeypatch.setattr(batching, "advance", lambda ds: events.append(("advance", list(ds))) or real_advance(ds))
     monkeypatch.setattr(Decoding, "prefill", lambda d: events.append(("prefill", d)) or real_prefill(d))
+    monkeypatch.setattr(batching, "prefill_all",
+                        lambda ds: events.append(("prefill together", list(ds))) or real_together(ds))
     return events
 
 
@@ -103,6 +106,31 @@ def test_a_generation_decodes_alike_alone_and_with_companions(embedded_lm, log, 
     assert max(passes_with(log, g)) == companions + 1  # really batched: every running generation in one pass
     for i, (other, p, s) in enumerate(zip(rest, PROMPTS[1:], others)):
         identical(finished(other), alone(lm, p, s, record=i == 0)[0])
+    wait_idle()
+
+
+def test_short_prompts_arriving_together_are_read_in_one_call_and_decode_as_alone(embedded_lm, log, monkeypatch):
+    """Prompts of at most 16 tokens that arrive together go through the model as the rows of one call (model/batch.py
+    prefill_all), each prompt's ids at their own positions of its own cache; each generation's tokens and recorded
+    trace are then exactly those it gets alone."""
+    lm = embedded_lm
+    prompts = [p for p in PROMPTS if len(lm.prompt_ids(p)) <= batch.MAX_PACKED_ROWS]
+    assert len(prompts) >= 4
+    chosen = [settings(8, **(GREEDY if i % 2 else SEEDED[i % 4])) for i in range(len(prompts))]
+    wanted = [alone(lm, p, s, record=True) for p, s in zip(prompts, chosen)]
+    log.clear()
+    rows = []  # the ids of each sequence in each forward pass
+    real = batch.forward_rows
+    monkeypatch.setattr(batch, "forward_rows", lambda decoder, ds, chunks=None: rows.append(
+        [len(c) for c in chunks] if chunks else [1] * len(ds)) or real(decoder, ds, chunks))
+    release = held_model_thread()
+    gs = [Generation(lm, lm.prompt_ids(p), s, NEVER, record=True) for p, s in zip(prompts, chosen)]
+    release()
+    for g, (want, want_trace) in zip(gs, wanted):
+        identical(finished(g), want)
+        assert torch.equal(g.context_trace.residual, want_trace.residual)
+    assert [kind for kind, _ in log].count("prefill together") == 1 and "prefill" not in [kind for kind, _ in log]
+    assert rows[0] == [len(lm.prompt_ids(p)) for p in prompts]  # one pass: every prompt's ids as rows
     wait_idle()
 
 

@@ -68,7 +68,8 @@ def rows_per_pass(monkeypatch) -> list[int]:
     """The number of sequences of each batched forward pass from now on."""
     sizes: list[int] = []
     real = batch.forward_rows
-    monkeypatch.setattr(batch, "forward_rows", lambda decoder, rows: sizes.append(len(rows)) or real(decoder, rows))
+    monkeypatch.setattr(batch, "forward_rows",
+                        lambda decoder, rows, *chunks: sizes.append(len(rows)) or real(decoder, rows, *chunks))
     return sizes
 
 
