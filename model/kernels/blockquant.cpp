@@ -154,7 +154,7 @@ AVX512 float q8_0_dot_avx512(const int8_t* q, const float* d, const float* x, in
 // for every row (a batched decoding step reads each weight once, not once a row), and each row's sums are the same
 // operations in the same order as the one-row functions above, so a row's result is the same bits whatever rows it
 // shares a product with.
-// Rows go in tiles of 8, then of 4 (by_tiles), then one by one: the wider the tile, the fewer times each block is
+// Rows go in tiles of 8, then of 4 (products), then one by one: the wider the tile, the fewer times each block is
 // widened (8 rows: 16 accumulators and the widened blocks fit AVX-512's 32 registers).
 
 // a Q4_1 block's 32 quants as float32: elements 0..15 (lo) and 16..31 (hi)
@@ -327,28 +327,52 @@ constexpr int64_t GRAIN = 64;
 // ahead keeps the memory bus busy (bench.core measures it).
 constexpr int64_t PREFETCH_ROWS = 12;
 
+// As inline assembly: GCC dropped _mm_prefetch's builtin from the Q4_1 and Q8_0 products once they went through
+// products() (none left in the compiled loop; a one-row step 7.4 -> 10 ms), and a volatile asm is never dropped.
 inline void prefetch(const void* p, int64_t bytes) {
 #ifdef EXPLORER_X86
-  for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(static_cast<const char*>(p) + off, _MM_HINT_T0);
+  for (int64_t off = 0; off < bytes; off += 64)
+    asm volatile("prefetcht0 %0" : : "m"(*(static_cast<const char*>(p) + off)));
 #endif
 }
 
-// The rows of x against one weight row in tiles of 8, then of 4: dots(rows constant, first row, out) computes a tile's
-// results into out, stored into that row's output column (row r's at col[r * stride]); returns the first row left for
-// the one-row function.
-template <typename Dots>
-inline int64_t by_tiles(int64_t rows, float* col, int64_t stride, Dots dots) {
-  int64_t r = 0;
-  float out[8];
-  for (; r + 8 <= rows; r += 8) {
-    dots(std::integral_constant<int, 8>{}, r, out);
-    for (int t = 0; t < 8; ++t) col[(r + t) * stride] = out[t];
+// The products of the rows of x with weight rows [begin, end), into out (row r's result for weight row i at
+// out[r * stride + i - begin]): tile(ROWS, i, r0, results) computes rows r0.. r0 + ROWS - 1 against weight row i
+// (AVX-512: tiles of 8, then of 4), one(i, r) the rows left one by one; fetch(i) asks for what weight row i reads
+// next. Weight rows go GRAIN at a time and, within those, the rows of x a tile at a time: the tile stays in L1 while
+// the GRAIN weight rows pass (from memory the first time, then from L2). Weight row by weight row, every row of x was
+// read again for each weight row: with many rows (a step's short prompts: 16 prompts of 9 tokens are 144 rows) that
+// was bound by L2's bandwidth. Each (row, weight row) result is the same call as before, so the same bits.
+template <typename Fetch, typename Tile, typename One>
+inline void products(int64_t begin, int64_t end, int64_t rows, float* out, int64_t stride, Fetch fetch, Tile tile,
+                     One one) {
+  for (int64_t b0 = begin; b0 < end; b0 += GRAIN) {
+    const int64_t b1 = std::min(end, b0 + GRAIN);
+    bool first = true;  // the first pass over these weight rows reads them from memory: ask ahead for them
+    int64_t r = 0;
+#ifdef EXPLORER_X86
+    if (ISA == Isa::avx512) {
+      float results[8];
+      auto pass = [&](auto size, int64_t r0) {
+        for (int64_t i = b0; i < b1; ++i) {
+          if (first) fetch(i);
+          tile(size, i, r0, results);
+          for (int t = 0; t < decltype(size)::value; ++t) out[(r0 + t) * stride + (i - begin)] = results[t];
+        }
+        first = false;
+      };
+      for (; r + 8 <= rows; r += 8) pass(std::integral_constant<int, 8>{}, r);
+      for (; r + 4 <= rows; r += 4) pass(std::integral_constant<int, 4>{}, r);
+    }
+#endif
+    for (; r < rows; ++r) {
+      for (int64_t i = b0; i < b1; ++i) {
+        if (first) fetch(i);
+        out[r * stride + (i - begin)] = one(i, r);
+      }
+      first = false;
+    }
   }
-  for (; r + 4 <= rows; r += 4) {
-    dots(std::integral_constant<int, 4>{}, r, out);
-    for (int t = 0; t < 4; ++t) col[(r + t) * stride] = out[t];
-  }
-  return r;
 }
 
 // ---- Work split between the calling thread and helpers that it never waits for ----
@@ -591,31 +615,28 @@ torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   std::vector<const float*> xs(rows), ss(rows);
   for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k, ss[r] = ps + r * nb;
   split(n, GRAIN, py, rows, 1, n, {x, q, d, m, y, xsum}, [=](int64_t begin, int64_t end, float* out, int64_t stride) {
-    for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
-      const uint8_t* qi = pq + i * (k / 2);
-      const float *di = pd + i * nb, *mi = pm + i * nb;
-      prefetch(qi + PREFETCH_ROWS * (k / 2), k / 2);
-      prefetch(di + PREFETCH_ROWS * nb, nb * 4);
-      prefetch(mi + PREFETCH_ROWS * nb, nb * 4);
-      int64_t r = 0;
+    products(
+        begin, end, rows, out, stride,
+        [&](int64_t i) {
+          prefetch(pq + (i + PREFETCH_ROWS) * (k / 2), k / 2);
+          prefetch(pd + (i + PREFETCH_ROWS) * nb, nb * 4);
+          prefetch(pm + (i + PREFETCH_ROWS) * nb, nb * 4);
+        },
+        [&](auto tile, int64_t i, int64_t r0, float* results) {
 #ifdef EXPLORER_X86
-      if (ISA == Isa::avx512) {
-        r = by_tiles(rows, out + (i - begin), stride, [&](auto tile, int64_t r0, float* results) {
-          q4_1_dots_avx512<decltype(tile)::value>(qi, di, mi, &xs[r0], &ss[r0], nb, results);
+          q4_1_dots_avx512<decltype(tile)::value>(pq + i * (k / 2), pd + i * nb, pm + i * nb, &xs[r0], &ss[r0], nb,
+                                                  results);
+#endif
+        },
+        [&](int64_t i, int64_t r) {
+          const uint8_t* qi = pq + i * (k / 2);
+          const float *di = pd + i * nb, *mi = pm + i * nb;
+#ifdef EXPLORER_X86
+          if (ISA == Isa::avx512) return q4_1_dot_avx512(qi, di, mi, xs[r], ss[r], nb);
+          if (ISA == Isa::avx2) return q4_1_dot_avx2(qi, di, mi, xs[r], ss[r], nb);
+#endif
+          return q4_1_dot_scalar(qi, di, mi, xs[r], ss[r], nb);
         });
-      }
-#endif
-      for (; r < rows; ++r) {
-        float v;
-#ifdef EXPLORER_X86
-        if (ISA == Isa::avx512) v = q4_1_dot_avx512(qi, di, mi, xs[r], ss[r], nb);
-        else if (ISA == Isa::avx2) v = q4_1_dot_avx2(qi, di, mi, xs[r], ss[r], nb);
-        else
-#endif
-          v = q4_1_dot_scalar(qi, di, mi, xs[r], ss[r], nb);
-        out[r * stride + (i - begin)] = v;
-      }
-    }
   });
   return y;
 }
@@ -631,30 +652,26 @@ torch::Tensor q8_0_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   std::vector<const float*> xs(rows);
   for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k;
   split(n, GRAIN, py, rows, 1, n, {x, q, d, y}, [=](int64_t begin, int64_t end, float* out, int64_t stride) {
-    for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
-      const int8_t* qi = pq + i * k;
-      const float* di = pd + i * nb;
-      prefetch(qi + PREFETCH_ROWS * k, k);
-      prefetch(di + PREFETCH_ROWS * nb, nb * 4);
-      int64_t r = 0;
+    products(
+        begin, end, rows, out, stride,
+        [&](int64_t i) {
+          prefetch(pq + (i + PREFETCH_ROWS) * k, k);
+          prefetch(pd + (i + PREFETCH_ROWS) * nb, nb * 4);
+        },
+        [&](auto tile, int64_t i, int64_t r0, float* results) {
 #ifdef EXPLORER_X86
-      if (ISA == Isa::avx512) {
-        r = by_tiles(rows, out + (i - begin), stride, [&](auto tile, int64_t r0, float* results) {
-          q8_0_dots_avx512<decltype(tile)::value>(qi, di, &xs[r0], nb, results);
+          q8_0_dots_avx512<decltype(tile)::value>(pq + i * k, pd + i * nb, &xs[r0], nb, results);
+#endif
+        },
+        [&](int64_t i, int64_t r) {
+          const int8_t* qi = pq + i * k;
+          const float* di = pd + i * nb;
+#ifdef EXPLORER_X86
+          if (ISA == Isa::avx512) return q8_0_dot_avx512(qi, di, xs[r], nb);
+          if (ISA == Isa::avx2) return q8_0_dot_avx2(qi, di, xs[r], nb);
+#endif
+          return q8_0_dot_scalar(qi, di, xs[r], nb);
         });
-      }
-#endif
-      for (; r < rows; ++r) {
-        float v;
-#ifdef EXPLORER_X86
-        if (ISA == Isa::avx512) v = q8_0_dot_avx512(qi, di, xs[r], nb);
-        else if (ISA == Isa::avx2) v = q8_0_dot_avx2(qi, di, xs[r], nb);
-        else
-#endif
-          v = q8_0_dot_scalar(qi, di, xs[r], nb);
-        out[r * stride + (i - begin)] = v;
-      }
-    }
   });
   return y;
 }
@@ -672,28 +689,21 @@ torch::Tensor bf16_matmul(const torch::Tensor& x, const torch::Tensor& w) {
   std::vector<const float*> xs(rows);
   for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k;
   split(n, GRAIN, py, rows, 1, n, {x, w, y}, [=](int64_t begin, int64_t end, float* out, int64_t stride) {
-    for (int64_t i = begin; i < end; ++i) {  // each weight row once, for every row of x
-      const uint16_t* wi = pw + i * k;
-      prefetch(wi + PREFETCH_ROWS * k, k * 2);
-      int64_t r = 0;
+    products(
+        begin, end, rows, out, stride, [&](int64_t i) { prefetch(pw + (i + PREFETCH_ROWS) * k, k * 2); },
+        [&](auto tile, int64_t i, int64_t r0, float* results) {
 #ifdef EXPLORER_X86
-      if (ISA == Isa::avx512) {
-        r = by_tiles(rows, out + (i - begin), stride, [&](auto tile, int64_t r0, float* results) {
-          bf16_dots_avx512<decltype(tile)::value>(wi, &xs[r0], k, results);
+          bf16_dots_avx512<decltype(tile)::value>(pw + i * k, &xs[r0], k, results);
+#endif
+        },
+        [&](int64_t i, int64_t r) {
+          const uint16_t* wi = pw + i * k;
+#ifdef EXPLORER_X86
+          if (ISA == Isa::avx512) return bf16_dot_avx512(wi, xs[r], k);
+          if (ISA == Isa::avx2) return bf16_dot_avx2(wi, xs[r], k);
+#endif
+          return bf16_dot_scalar(wi, xs[r], k);
         });
-      }
-#endif
-      for (; r < rows; ++r) {
-        float v;
-#ifdef EXPLORER_X86
-        if (ISA == Isa::avx512) v = bf16_dot_avx512(wi, xs[r], k);
-        else if (ISA == Isa::avx2) v = bf16_dot_avx2(wi, xs[r], k);
-        else
-#endif
-          v = bf16_dot_scalar(wi, xs[r], k);
-        out[r * stride + (i - begin)] = v;
-      }
-    }
   });
   return y;
 }
