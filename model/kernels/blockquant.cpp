@@ -763,6 +763,28 @@ inline void attend(const float* q, const float* keys, const float* values, int64
   attend_scalar(q, keys, values, n, hd, scale, p, out);
 }
 
+#ifdef EXPLORER_X86
+AVX512 void silu_times_avx512(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps(live, gate + i);
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+    _mm512_mask_storeu_ps(out + i, live, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(live, up + i)));
+  }
+}
+#endif
+
+// silu(gate[i]) * up[i] for i < n, into out. AVX-512: 16 lanes at a time with e^x vectorised (exp_avx512), the last
+// lanes masked, so each element is the same lane computation wherever a loop's chunk begins (with std::exp, 16 rows'
+// activations took about a tenth of a decoding step)
+inline void silu_times(const float* gate, const float* up, int64_t n, float* out) {
+#ifdef EXPLORER_X86
+  if (ISA == Isa::avx512) return silu_times_avx512(gate, up, n, out);
+#endif
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+}
+
 inline void rope_row(const float* x, const float* c, const float* s, int64_t half, float* out) {
   for (int64_t i = 0; i < half; ++i) {
     out[i] = x[i] * c[i] + (-x[i + half]) * s[i];
@@ -849,9 +871,11 @@ torch::Tensor llama_block_rows(const torch::Tensor& h, const torch::Tensor& attn
   const float* pg = gu.data_ptr<float>();
   float* pact = act.data_ptr<float>();
   split(rows * f, 4096, pact, 1, 1, 0, {gu, act}, [=](int64_t begin, int64_t end, float* out, int64_t) {
-    for (int64_t j = begin; j < end; ++j) {  // silu(gate) * up, element by element
-      const float *gate = pg + (j / f) * 2 * f + j % f, *up = gate + f;
-      out[j - begin] = *gate / (1.f + std::exp(-*gate)) * *up;
+    for (int64_t j = begin; j < end;) {  // silu(gate) * up, a row's run of elements at a time
+      const int64_t col = j % f, n = std::min(end - j, f - col);
+      const float* gate = pg + (j / f) * 2 * f + col;
+      silu_times(gate, gate + f, n, out + (j - begin));
+      j += n;
     }
   });
   return (mid + down(act)).view(h.sizes());
@@ -924,6 +948,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("helpers_inside", [] { return HELPERS > 0 ? pool(HELPERS)->inside() : 0; },
              "helpers inside a loop now (for tests)");
   module.def("stall_helpers", [](bool on) { STALL = on; }, "for tests: helpers stop after taking a chunk");
+  module.def(
+      "silu_times",
+      [](const torch::Tensor& gate, const torch::Tensor& up) {
+        TORCH_CHECK(gate.scalar_type() == torch::kFloat32 && gate.dim() == 1 && gate.is_contiguous() &&
+                        up.sizes() == gate.sizes() && up.scalar_type() == torch::kFloat32 && up.is_contiguous(),
+                    "gate, up: contiguous float32 [n]");
+        auto out = torch::empty_like(gate);
+        silu_times(gate.data_ptr<float>(), up.data_ptr<float>(), gate.numel(), out.data_ptr<float>());
+        return out;
+      },
+      "silu(gate) * up as a block's SwiGLU computes it (for tests)");
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }

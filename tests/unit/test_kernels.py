@@ -172,6 +172,24 @@ def test_a_step_split_by_the_helpers_runs_torchs_ops_on_one_openmp_thread(embedd
     assert seen == [1, 1, 1, 2, 2, 2]  # prefill, sampling, forward pass
 
 
+@pytest.mark.parametrize("isa", ["avx512", "scalar"])
+def test_the_swiglu_activation_is_silu_times_up_and_each_element_alike_wherever_a_run_starts(ext, isa):
+    """A block's SwiGLU runs over a row's elements in runs that start where a helper's chunk does: each element must be
+    the same computation (AVX-512: the last lanes masked) wherever its run starts, and close to torch's silu."""
+    assert ext.use_isa(isa) == isa
+    try:
+        g = torch.Generator().manual_seed(0)
+        gate, up = torch.randn(203, generator=g) * 6, torch.randn(203, generator=g)
+        gate[:3] = torch.tensor([-120.0, 95.0, 0.0])  # e^-gate overflows, underflows, is 1
+        whole = ext.silu_times(gate, up)
+        torch.testing.assert_close(whole, torch.nn.functional.silu(gate) * up, rtol=2e-6, atol=1e-7)
+        for start, stop in ((0, 1), (0, 16), (1, 17), (5, 40), (17, 203), (190, 203)):
+            assert torch.equal(ext.silu_times(gate[start:stop].contiguous(), up[start:stop].contiguous()),
+                               whole[start:stop])
+    finally:
+        ext.use_isa("best")
+
+
 def test_every_compiled_product_asks_ahead_for_its_weights(ext):
     """Each product asks for the weight rows a few ahead (prefetch): without it a decoding step, whose weights come
     from memory, was a third slower. GCC once silently dropped the prefetch builtin from the Q4_1 and Q8_0 loops, so
