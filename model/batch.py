@@ -177,7 +177,8 @@ def _sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     top_ids = {}
     for n in {d.top_n for d in decodings}:  # one top-n for all, usually
         rows = [r for r, d in enumerate(decodings) if d.top_n == n]
-        top_ids |= dict(zip(rows, torch.topk(s.probs[rows], min(n, s.probs.shape[1])).indices))
+        probs = s.probs if len(rows) == len(decodings) else s.probs[rows]  # all rows (as usual): no copy
+        top_ids |= dict(zip(rows, torch.topk(probs, min(n, s.probs.shape[1])).indices))
     top = torch.nn.utils.rnn.pad_sequence([top_ids[r] for r in range(len(decodings))], batch_first=True)
     columns = dict(  # each [B] or [B, top-n], as lists
         prob=s.probs.gather(1, tokens)[:, 0], sampled_prob=s.final_probs.gather(1, tokens)[:, 0],

@@ -72,6 +72,10 @@ class Samples:
         logits = logits.float()
         probs = torch.softmax(logits, dim=-1)
         greedy = [r for r, s in enumerate(settings) if s.is_greedy]
+        if len(greedy) == len(settings):  # every row greedy (a lesson's run): nothing to scale, cut or draw
+            top = torch.argmax(logits, dim=-1)
+            kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top[:, None], True)
+            return cls(top.tolist(), probs, kept.float(), kept, logits)
         temperature = torch.tensor([1.0 if s.is_greedy else s.temperature for s in settings])
         scaled = logits / temperature[:, None]
         kept = torch.ones_like(scaled, dtype=torch.bool)
