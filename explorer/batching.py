@@ -1,9 +1,9 @@
 """The scheduler of the running generations (explorer/generations.py): one task at a time on the model thread, each
 a step that advances every running generation, renders and other model-thread tasks going between steps. A step:
 stop requests end their generation at once; prompts still being read, oldest first, up to PREFILL_CHUNK tokens (so
-a long prompt, read a chunk a step, never stalls the others for long; short ones together, in one call); one forward pass for every generation ready
-for its next token (model/batch.py); their tokens sampled together, each with its own settings and generator. A
-generation that ends leaves at once; a new one joins the next step."""
+a long prompt, read a chunk a step, never stalls the others for long; short ones together, in one call); one forward
+pass for every generation ready for its next token (model/batch.py); their tokens sampled together, each with its own
+settings and generator. A generation that ends leaves at once; a new one joins the next step."""
 from __future__ import annotations
 
 import threading

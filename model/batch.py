@@ -203,7 +203,7 @@ def prefill_all(decodings: Sequence[Decoding]) -> None:
     together, as rows of one compiled call (each row's numbers the same whatever its companions: a prompt reads
     alike alone and with others), each other chunk alone through the reference forward (its products, with many
     rows, bound by arithmetic: torch's float32 matmul). A chunk of 9 tokens took 32 ms through the reference forward
-    and 19 ms as rows (bench.serving: 16 new prompts of 9 tokens read one after the other held every session's next
+    and 24 ms as rows (bench.serving: 16 new prompts of 9 tokens read one after the other held every session's next
     token for about a second)."""
     short = [d for d in decodings if d.short_chunk]
     for start in range(0, len(short), MAX_ROWS):  # at most MAX_ROWS prompts a call (their chunks' rows: 16 each)

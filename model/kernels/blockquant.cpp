@@ -129,7 +129,8 @@ AVX512 inline void q4_1_weights(const uint8_t* q, float d, float m, __m512& lo, 
 AVX512 inline void q8_0_weights(const int8_t* q, float d, __m512& a, __m512& c) {
   const __m128i* p = reinterpret_cast<const __m128i*>(q);
   const __m512 scale = _mm512_set1_ps(d);
-  a = _mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))), scale, _MM_FROUND_CUR_DIRECTION);
+  a = _mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p))), scale,
+                          _MM_FROUND_CUR_DIRECTION);
   c = _mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p + 1))), scale,
                           _MM_FROUND_CUR_DIRECTION);
 }
