@@ -4,6 +4,7 @@ pass, each over its own cache at its own length (ragged caches: no padding, no m
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -277,9 +278,11 @@ def forward_rows(decoder: Decoder, rows: Sequence[Decoding],
         recorded = torch.stack(residuals)[:, :, 0] if recording else None  # [L + 1, B, d]
     for cache, n in zip(caches, counts):
         cache.advance(n)
-    ends = torch.tensor(counts).cumsum(0)
-    logits = decoder.unembed(h[ends - 1])[:, 0].cpu()  # [B, vocab]: each sequence's last row
-    for r, (d, end, n) in enumerate(zip(rows, ends.tolist(), counts)):
+    ends = list(itertools.accumulate(counts))
+    if len(ends) < len(at):  # a sequence with several rows: each one's last
+        h = h[torch.tensor([end - 1 for end in ends], device=h.device)]
+    logits = decoder.unembed(h)[:, 0].cpu()  # [B, vocab]
+    for r, (d, end, n) in enumerate(zip(rows, ends, counts)):
         if d.recorder is not None:
             for layer, experts, weights in routings[r]:
                 d.recorder.routing(layer, experts, weights)
