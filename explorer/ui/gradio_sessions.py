@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from copy import copy
 from typing import Any, Callable, Iterable
 
 from gradio.state_holder import SessionState
@@ -25,7 +24,7 @@ _GRADIO_INIT = SessionState.__init__
 
 class LazyConfigs(dict):
     """SessionState.config_values (a block's id -> its configuration), each entry computed when first read. Reading
-    the whole (items, values, iteration) computes the rest, in the blocks' order."""
+    the whole (items, values, iteration, a copy, a comparison) computes the rest, in the blocks' order."""
 
     def __init__(self, ids: Iterable[int], compute: Callable[[int], dict]) -> None:
         super().__init__()
@@ -69,41 +68,40 @@ class LazyConfigs(dict):
     def __len__(self) -> int:
         return len(self._pending) + super().__len__()
 
-    def __iter__(self):
-        self._fill_all()
-        return super().__iter__()
 
-    def keys(self):
-        self._fill_all()
-        return super().keys()
 
-    def values(self):
-        self._fill_all()
-        return super().values()
+def _reading_the_whole(name: str) -> Callable:
+    """dict's method `name`, after every configuration is computed (it reads them all)."""
+    method = getattr(dict, name)
 
-    def items(self):
+    def whole(self: LazyConfigs, *args: Any) -> Any:
         self._fill_all()
-        return super().items()
+        return method(self, *args)
+
+    whole.__name__ = name
+    return whole
+
+
+for _name in ("__iter__", "keys", "values", "items", "copy", "__eq__", "__repr__"):
+    setattr(LazyConfigs, _name, _reading_the_whole(_name))
 
 
 def _lazy_init(self: SessionState, blocks: Any) -> None:
     """SessionState.__init__ with config_values lazy: everything else as Gradio sets it (test_gradio_sessions checks
     that against Gradio's own)."""
-    _GRADIO_INIT(self, _NoBlocks(blocks))
-    self.blocks_config = copy(blocks.default_config)
+    _GRADIO_INIT(self, _NoBlocks(blocks))  # its own copy of the app's blocks, no configuration built
     config = self.blocks_config
     self.config_values = LazyConfigs((k for k in config.blocks if k in blocks.blocks),
                                      lambda k: config.config_for_block(k, [], config.blocks[k]))
 
 
 class _NoBlocks:
-    """The app as Gradio's own SessionState.__init__ sees it under _lazy_init: no blocks, so it builds no
-    configuration (the lazy ones replace its empty ones)."""
+    """The app as Gradio's own SessionState.__init__ sees it under _lazy_init: the app's configuration (which Gradio
+    copies for the session), but no blocks to build a configuration for (the lazy ones replace its empty ones)."""
 
     def __init__(self, blocks: Any) -> None:
-        self.default_config = copy(blocks.default_config)
-        self.default_config.blocks = {}
-        self.blocks = {}
+        self.default_config = blocks.default_config
+        self.blocks: dict = {}
 
 
 def lazy_session_configs() -> None:

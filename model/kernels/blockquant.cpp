@@ -560,19 +560,23 @@ torch::Tensor q4_1_matmul(const torch::Tensor& x, const torch::Tensor& q, const 
   TORCH_CHECK(m.sizes() == d.sizes() && m.scalar_type() == torch::kFloat32 && m.is_contiguous(), "bad minimums");
   const int64_t rows = x.size(0), k = x.size(1), n = q.size(0), nb = k / BLOCK;
   auto y = torch::empty({rows, n}, x.options());
-  // sum of x over each block, for the minimums' part of the AVX2 and scalar sums (AVX-512 looks whole weights up)
-  auto xsum = torch::empty({rows, nb}, x.options());
-  float* ps = xsum.data_ptr<float>();
   const float *px = x.data_ptr<float>(), *pd = d.data_ptr<float>(), *pm = m.data_ptr<float>();
-  for (int64_t i = 0; ISA != Isa::avx512 && i < rows * nb; ++i) {
-    float t = 0.f;
-    for (int64_t j = 0; j < BLOCK; ++j) t += px[i * BLOCK + j];
-    ps[i] = t;
+  // sum of x over each block, for the minimums' part of the AVX2 and scalar sums (AVX-512 looks whole weights up)
+  torch::Tensor xsum;
+  std::vector<const float*> xs(rows), ss(rows);
+  if (ISA != Isa::avx512) {
+    xsum = torch::empty({rows, nb}, x.options());
+    float* ps = xsum.data_ptr<float>();
+    for (int64_t i = 0; i < rows * nb; ++i) {
+      float t = 0.f;
+      for (int64_t j = 0; j < BLOCK; ++j) t += px[i * BLOCK + j];
+      ps[i] = t;
+    }
+    for (int64_t r = 0; r < rows; ++r) ss[r] = ps + r * nb;
   }
   const uint8_t* pq = q.data_ptr<uint8_t>();
   float* py = y.data_ptr<float>();
-  std::vector<const float*> xs(rows), ss(rows);
-  for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k, ss[r] = ps + r * nb;
+  for (int64_t r = 0; r < rows; ++r) xs[r] = px + r * k;
   split(n, GRAIN, py, rows, 1, n, {x, q, d, m, y, xsum}, [=](int64_t begin, int64_t end, float* out, int64_t stride) {
     products(
         begin, end, rows, out, stride,
