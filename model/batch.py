@@ -173,28 +173,22 @@ def sample_all(decodings: Sequence[Decoding]) -> list[Step]:
 
 def _sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     s = Samples.of(torch.stack([d.logits for d in decodings]), [d.settings for d in decodings],
-                   [d.generator for d in decodings])
-    tokens = torch.tensor(s.token_ids)[:, None]
-    top_ids = {}
-    for n in {d.top_n for d in decodings}:  # one top-n for all, usually
-        rows = [r for r, d in enumerate(decodings) if d.top_n == n]
-        probs = s.probs if len(rows) == len(decodings) else s.probs[rows]  # all rows (as usual): no copy
-        top_ids |= dict(zip(rows, torch.topk(probs, min(n, s.probs.shape[1])).indices))
-    top = torch.nn.utils.rnn.pad_sequence([top_ids[r] for r in range(len(decodings))], batch_first=True)
+                   [d.generator for d in decodings], [d.top_n for d in decodings])
+    top = torch.nn.utils.rnn.pad_sequence([torch.tensor(row.top_ids) for row in s.rows], batch_first=True)
     columns = dict(  # each [B] or [B, top-n], as lists
-        prob=s.probs.gather(1, tokens)[:, 0], sampled_prob=s.final_probs.gather(1, tokens)[:, 0],
-        entropy=entropies(s.probs, s.logits), top_probs=s.probs.gather(1, top),
-        top_sampled_probs=s.final_probs.gather(1, top), top_kept=s.kept.gather(1, top), n_kept=s.kept.sum(-1),
-        kept_mass=row_sums(s.probs * s.kept))
-    columns = {name: values.tolist() for name, values in columns.items()} | dict(top_ids=top.tolist())
+        prob=s.probs.gather(1, torch.tensor(s.token_ids)[:, None])[:, 0], entropy=entropies(s.probs, s.logits),
+        top_probs=s.probs.gather(1, top))
+    columns = {name: values.tolist() for name, values in columns.items()}
     steps = []
-    for r, (d, token) in enumerate(zip(decodings, s.token_ids)):
-        n, position, text = len(top_ids[r]), d.cache.length, d.stream.push(token)
-        index, finish = d.n_steps, d._took(token)  # noqa: SLF001
+    for r, (d, row) in enumerate(zip(decodings, s.rows)):
+        n, position, text = len(row.top_ids), d.cache.length, d.stream.push(row.token_id)
+        index, finish = d.n_steps, d._took(row.token_id)  # noqa: SLF001
         steps.append(Step(
-            index=index, position=position, token_id=token, text=text, finish_reason=finish,
-            trace=d.recorder.trace() if d.recorder is not None else None,
-            **{name: values[r][:n] if name.startswith("top") else values[r] for name, values in columns.items()}))
+            index=index, position=position, token_id=row.token_id, text=text, finish_reason=finish,
+            trace=d.recorder.trace() if d.recorder is not None else None, prob=columns["prob"][r],
+            sampled_prob=row.sampled_prob, entropy=columns["entropy"][r], top_ids=row.top_ids,
+            top_probs=columns["top_probs"][r][:n], top_sampled_probs=row.top_sampled_probs, top_kept=row.top_kept,
+            n_kept=row.n_kept, kept_mass=row.kept_mass))
     return steps
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -52,77 +52,164 @@ def sample(logits: torch.Tensor, settings: SamplerSettings, generator: torch.Gen
 
 
 @dataclass(frozen=True)
-class Samples:
-    """Sample's fields for B rows at once: token_ids [B]; probs, final_probs, kept [B, vocab]; and the float32
-    logits they came from."""
+class Row:
+    """One row's sample and what a Step shows of its sampler. The sampler works among the row's candidates only, the
+    tokens its cuts can keep: greedy, the argmax; top-k, the k most likely; top-p alone, the TOP_P_CANDIDATES most
+    likely, or the whole vocabulary sorted where the nucleus is wider; no cut, the whole vocabulary in id order. (A
+    top-k row's ids go on to its top-n where n > k: not kept.)"""
+    token_id: int
+    ids: torch.Tensor  # [K] the candidates
+    final: torch.Tensor  # [K] their probabilities in the distribution sampled from (after temperature and cuts)
+    kept: torch.Tensor  # [K] bool: left in by the cuts
+    sampled_prob: float  # the token's in `final`
+    n_kept: int
+    kept_mass: float  # the model's probability mass of the kept tokens
+    top_ids: list[int]  # the row's top-n, most likely first
+    top_sampled_probs: list[float]
+    top_kept: list[bool]
 
+
+@dataclass(frozen=True)
+class Samples:
+    """B rows sampled at once: token_ids [B], each Row, and probs = softmax(logits) [B, vocab]. Rows whose candidates
+    are alike go through each operation together, and every operation computes a row the same way whatever rows are
+    beside it (sums: row_sums), so a row draws the same token alone or batched. Only softmax and the candidates'
+    choice read the whole vocabulary (16 rows of 49,152: 15 -> 3 ms on one thread); final_probs and kept [B, vocab]
+    are made when asked."""
     token_ids: list[int]
+    rows: list[Row]
     probs: torch.Tensor
-    final_probs: torch.Tensor
-    kept: torch.Tensor
     logits: torch.Tensor
 
     @classmethod
-    def of(cls, logits: torch.Tensor, settings: Sequence[SamplerSettings],
-           generators: Sequence[torch.Generator | None]) -> "Samples":
-        """Row r of logits [B, vocab] sampled with settings[r] and generators[r]. The rows go through each operation
-        together (a batched decoding step samples 16 rows in the operations of one), and every operation computes a
-        row the same way whatever rows are beside it (sums: row_sums), so a row draws the same token alone or
-        batched."""
+    def of(cls, logits: torch.Tensor, settings: Sequence[SamplerSettings], generators: Sequence[torch.Generator | None],
+           top_n: Sequence[int] | None = None) -> "Samples":
+        """Row r of logits [B, vocab] sampled with settings[r] and generators[r]; top_n[r] (default 1): how many of
+        its most likely tokens its Row describes. Order as transformers: temperature, then top-k, then top-p."""
         logits = logits.float()
         probs = torch.softmax(logits, dim=-1)
-        greedy = [r for r, s in enumerate(settings) if s.is_greedy]
-        if len(greedy) == len(settings):  # every row greedy (a lesson's run): nothing to scale, cut or draw
-            top = torch.argmax(logits, dim=-1)
-            kept = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top[:, None], True)
-            return cls(top.tolist(), probs, kept.float(), kept, logits)
-        temperature = torch.tensor([1.0 if s.is_greedy else s.temperature for s in settings])
-        scaled = logits / temperature[:, None]
-        kept = torch.ones_like(scaled, dtype=torch.bool)
-        # the rows with cuts, by how many candidates they look at (most likely first): top-k needs only the k best;
-        # top-p alone the smallest prefix holding top_p of the mass, usually a few hundred tokens (sorting the whole
-        # vocabulary would cost more than the rest of a decoding step's sampling)
-        groups: dict[int, list[int]] = {}
+        vocab = logits.shape[1]
+        groups: dict[tuple[int, int], list[int]] = {}
         for r, s in enumerate(settings):
-            if not s.is_greedy and (s.top_k or s.top_p < 1.0):
-                groups.setdefault(min(s.top_k or TOP_P_CANDIDATES, scaled.shape[1]), []).append(r)
-        for candidates, rows in groups.items():
-            whole = len(rows) == len(settings)  # all rows alike (as usual): no copies in and out
-            cut = _cuts(scaled if whole else scaled[rows], [settings[r] for r in rows], candidates)
-            kept = cut if whole else kept.index_put_((torch.tensor(rows),), cut)
-        final = torch.softmax(scaled.masked_fill(~kept, float("-inf")), dim=-1)
-        tokens: dict[int, int] = {}
-        if greedy:
-            top = torch.argmax(logits[greedy], dim=-1)
-            kept[greedy] = False
-            kept[greedy, top] = True
-            final[greedy] = kept[greedy].float()
-            tokens = dict(zip(greedy, top.tolist()))
-        ids = [tokens[r] if r in tokens else _draw(final[r], kept[r], generators[r]) for r in range(len(settings))]
-        return cls(ids, probs, final, kept, logits)
+            groups.setdefault((_looks_at(s, vocab), min(top_n[r] if top_n else 1, vocab)), []).append(r)
+        rows: list[Row] = [None] * len(settings)  # type: ignore[list-item]
+        for (looks, n), members in groups.items():
+            whole = len(members) == len(settings)  # one group (as usual): no copies
+            pick = (lambda t: t) if whole else (lambda t: t[members])
+            for r, row in zip(members, _rows(pick(logits), pick(probs), [settings[r] for r in members],
+                                             [generators[r] for r in members], looks, n)):
+                rows[r] = row
+        return cls([row.token_id for row in rows], rows, probs, logits)
+
+    @property
+    def final_probs(self) -> torch.Tensor:
+        """[B, vocab] the distributions sampled from, 0 where cut."""
+        return torch.zeros_like(self.probs).index_put_(self._where(), torch.cat([r.final for r in self.rows]))
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """[B, vocab] bool, the tokens each sampler left in."""
+        return torch.zeros_like(self.probs, dtype=torch.bool).index_put_(self._where(),
+                                                                         torch.cat([r.kept for r in self.rows]))
+
+    def _where(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.cat([torch.full_like(r.ids, i) for i, r in enumerate(self.rows)]),
+                torch.cat([r.ids for r in self.rows]))
 
 
-def _cuts(scaled: torch.Tensor, settings: list[SamplerSettings], candidates: int) -> torch.Tensor:
-    """kept [G, vocab] for G rows of scaled logits that keep at most `candidates` tokens each (top-k, then top-p)."""
-    sorted_logits, order = torch.topk(scaled, candidates)
-    top_k = torch.tensor([bool(s.top_k) for s in settings])
-    # top-p renormalises over the top-k where there is one, else over the whole vocabulary
-    log_total = torch.where(top_k, row_logsumexp(sorted_logits), row_logsumexp(scaled))
-    keep_sorted = torch.ones_like(sorted_logits, dtype=torch.bool)
+def _looks_at(s: SamplerSettings, vocab: int) -> int:
+    """How many of a row's most likely tokens its sampler looks at: 1 greedy, top_k, TOP_P_CANDIDATES for top-p alone,
+    0 for no cut (every token)."""
+    if s.is_greedy:
+        return 1
+    if s.top_k or s.top_p < 1.0:
+        return min(s.top_k or TOP_P_CANDIDATES, vocab)
+    return 0
+
+
+def _rows(logits: torch.Tensor, probs: torch.Tensor, settings: list[SamplerSettings],
+          generators: list[torch.Generator | None], looks: int, n: int) -> list[Row]:
+    """The Rows of G rows whose samplers look at the same number of candidates (_looks_at) and describe the same
+    top-n."""
+    g, vocab = logits.shape
+    temperature = torch.tensor([s.temperature for s in settings])[:, None]
+    short: list[int] = []
+    if looks == 1:  # greedy: the argmax (the first of equal maxima), kept alone
+        ids = torch.argmax(logits, dim=-1, keepdim=True)
+        kept = torch.ones_like(ids, dtype=torch.bool)
+        final, chosen = kept.float(), torch.zeros(g, dtype=torch.long)
+        top = torch.topk(logits, n).indices
+        top_kept = top == ids
+        top_final = top_kept.float()
+    elif looks == 0:  # no cut: every token, in id order
+        ids = torch.arange(vocab).expand(g, vocab)
+        final = torch.softmax(logits / temperature, dim=-1)
+        kept = torch.ones_like(final, dtype=torch.bool)
+        chosen = _draw(None, final, kept, generators)
+        top = torch.topk(logits, n).indices
+        top_final, top_kept = final.gather(1, top), kept.gather(1, top)
+    else:
+        top_logits, ids = torch.topk(logits, max(looks, n))
+        scaled = top_logits[:, :looks] / temperature
+        kept = torch.zeros_like(ids, dtype=torch.bool)
+        kept[:, :looks], short = _cuts(scaled, settings, lambda rows: logits[rows] / temperature[rows])
+        final = torch.softmax(scaled.masked_fill(~kept[:, :looks], float("-inf")), dim=-1)
+        final = torch.nn.functional.pad(final, (0, ids.shape[1] - looks))
+        if short:  # a nucleus wider than the candidates (a nearly flat distribution): those rows, below
+            live = [i for i in range(g) if i not in short]
+            chosen = torch.zeros(g, dtype=torch.long)
+            if live:
+                chosen[live] = _draw(ids[live], final[live], kept[live], [generators[i] for i in live])
+        else:
+            chosen = _draw(ids, final, kept, generators)
+        top, top_final, top_kept = ids[:, :n], final[:, :n], kept[:, :n]
+    mass = row_sums(probs.gather(1, ids) * kept) if looks else row_sums(probs)
+    columns = [ids.gather(1, chosen[:, None])[:, 0].tolist(), final.gather(1, chosen[:, None])[:, 0].tolist(),
+               kept.sum(-1).tolist(), mass.tolist(), top.tolist(), top_final.tolist(), top_kept.tolist()]
+    rows = [Row(v[0], ids[i], final[i], kept[i], *v[1:]) for i, v in enumerate(zip(*columns))]
+    for i in short if looks < vocab else []:  # the whole row, sorted
+        rows[i] = _rows(logits[i : i + 1], probs[i : i + 1], [settings[i]], [generators[i]], vocab, n)[0]
+    return rows
+
+
+def _cuts(scaled: torch.Tensor, settings: list[SamplerSettings],
+          whole: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """kept [G, c] for G rows of their c largest scaled logits, largest first (top-k, then top-p), and the rows whose
+    nucleus (top-p without top-k) is wider than their c. whole(rows): those rows' scaled logits, the whole vocabulary
+    (top-p renormalises over the top-k where there is one, else over the whole vocabulary)."""
+    keep = torch.ones_like(scaled, dtype=torch.bool)
     top_p = torch.tensor([s.top_p if s.top_p < 1.0 else math.inf for s in settings])
+    short: list[int] = []
     if torch.isfinite(top_p).any():
-        sorted_probs = torch.exp(sorted_logits - log_total[:, None])
+        top_k = torch.tensor([bool(s.top_k) for s in settings])
+        log_total = row_logsumexp(scaled)
+        without_k = (~top_k).nonzero().flatten()
+        if len(without_k):
+            log_total[without_k] = row_logsumexp(whole(without_k))
+        sorted_probs = torch.exp(scaled - log_total[:, None])
         short = (~top_k & (row_sums(sorted_probs) < top_p)).nonzero().flatten().tolist()
         # keep the smallest prefix whose mass reaches top_p: drop a token if the mass before it already does
         mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        keep_sorted &= mass_before < top_p[:, None]
-        keep_sorted[:, 0] = True
-        kept = torch.zeros_like(scaled, dtype=torch.bool).scatter_(1, order, keep_sorted)
-        for g in short:  # a nucleus wider than the candidates (a nearly flat distribution): the whole row, sorted
-            kept[g] = _cuts(scaled[g : g + 1], [settings[g]], scaled.shape[1])[0]
-        return kept
-    keep_sorted[:, 0] = True
-    return torch.zeros_like(scaled, dtype=torch.bool).scatter_(1, order, keep_sorted)
+        keep &= mass_before < top_p[:, None]
+    keep[:, 0] = True
+    return keep, short
+
+
+def _draw(ids: torch.Tensor | None, final: torch.Tensor, kept: torch.Tensor,
+          generators: list[torch.Generator | None]) -> torch.Tensor:
+    """Each row's token, as its position among its candidates ids [G, K] (None: the vocabulary in id order): the
+    inverse of the cumulative distribution of `final` over the kept candidates in id order, where a cut one adds 0
+    (torch.multinomial over the whole vocabulary costs as much as the rest of a decoding step's sampling); where u
+    reaches the total by rounding, the last kept one."""
+    order = None if ids is None else ids.argsort(dim=-1)
+    in_order = (lambda t: t) if order is None else (lambda t: t.gather(1, order))
+    cdf = torch.cumsum(in_order(final), dim=-1)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]) * cdf[:, -1]
+    at = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]
+    flags = in_order(kept).flip(-1).to(torch.uint8)
+    last = kept.shape[1] - 1 - torch.argmax(flags, dim=-1)  # argmax: the first maximum
+    at = torch.minimum(at, last)
+    return at if order is None else order.gather(1, at[:, None])[:, 0]
 
 
 def row_sums(x: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -139,16 +226,6 @@ def row_logsumexp(x: torch.Tensor) -> torch.Tensor:
     """log(sum(exp(x))) of each row of x [B, n], as row_sums adds."""
     top = x.max(dim=-1, keepdim=True).values
     return top[:, 0] + torch.log(row_sums(torch.exp(x - top)))
-
-
-def _draw(final: torch.Tensor, kept: torch.Tensor, generator: torch.Generator | None) -> int:
-    """One token from `final` by inverting its cumulative distribution over the kept tokens (torch.multinomial over
-    the whole vocabulary costs as much as the rest of a decoding step's sampling)."""
-    candidates = kept.nonzero().flatten()
-    cdf = torch.cumsum(final[candidates], dim=0)
-    u = torch.rand((), generator=generator) * cdf[-1]
-    i = min(int(torch.searchsorted(cdf, u, right=True)), candidates.shape[0] - 1)
-    return int(candidates[i])
 
 
 def entropy(probs: torch.Tensor) -> float:

@@ -145,3 +145,41 @@ def test_rows_sampled_together_get_what_each_gets_alone():
         alone = entropies(together.probs[r : r + 1], logits[r : r + 1])[0]
         assert torch.equal(entropies(together.probs, logits)[r], alone)
         assert torch.equal(row_sums(terms)[r], row_sums(terms[r : r + 1])[0])
+
+
+@pytest.mark.parametrize("scale", [8.0, 3.0, 0.05])
+@pytest.mark.parametrize("top_k,top_p", [(50, 0.95), (0, 0.9), (5, 1.0), (0, 1.0)])
+def test_the_draw_is_the_whole_vocabularys_inverse_cdf(scale, top_k, top_p):
+    """The sampler computes among its candidates only (model/sampling.py: _rows); what it draws is what the plain
+    way draws: the distribution over the whole vocabulary with the cut tokens at 0, inverted at u in token id order,
+    u from the row's generator. Rows and seeds vary, so a draw in another order (most likely first) would differ."""
+    from model.sampling import Samples
+
+    settings = [SamplerSettings(temperature=t, top_k=top_k, top_p=top_p) for t in (0.7, 1.0, 1.4)]
+    logits = torch.randn(len(settings), 49152, generator=gen(5)) * scale
+    for seed in range(8):
+        got = Samples.of(logits, settings, [gen(seed * 10 + r) for r in range(len(settings))], [20] * len(settings))
+        for r, s in enumerate(settings):
+            kept = reference_kept(logits[r], s)
+            final = torch.softmax((logits[r] / s.temperature).masked_fill(~kept, float("-inf")), -1)
+            cdf = torch.cumsum(final, 0)
+            u = torch.rand((), generator=gen(seed * 10 + r)) * cdf[-1]
+            token = min(int(torch.searchsorted(cdf, u, right=True)), int(kept.nonzero()[-1]))
+            assert got.token_ids[r] == token, (seed, s)
+            row = got.rows[r]
+            assert row.n_kept == int(kept.sum()) and row.top_ids == torch.topk(logits[r], 20).indices.tolist()
+            assert row.sampled_prob == pytest.approx(float(final[token]), rel=1e-5, abs=1e-12)
+            assert row.kept_mass == pytest.approx(float(torch.softmax(logits[r], -1)[kept].sum()), rel=1e-5)
+            assert row.top_kept == kept[row.top_ids].tolist()
+            torch.testing.assert_close(torch.tensor(row.top_sampled_probs), final[row.top_ids], rtol=1e-5, atol=1e-12)
+
+
+def test_a_draw_at_the_total_takes_the_last_kept_candidate():
+    """Where u reaches the cumulative total (rounding; here every kept probability is 0), the draw takes the last
+    kept candidate in id order, never a cut one."""
+    from model.sampling import _draw
+
+    ids = torch.tensor([[3, 1, 2, 0]])
+    kept = torch.tensor([[False, True, True, False]])
+    at = _draw(ids, torch.zeros(1, 4), kept, [gen()])
+    assert int(ids[0, at[0]]) == 2
