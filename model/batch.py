@@ -17,7 +17,7 @@ from .fast.llama_block import OneCallBlock, step_all
 from .fast.packed import MAX_PACKED_ROWS
 from .interventions import NO_INTERVENTIONS, Interventions
 from .layers import apply_rope, attention
-from .sampling import SamplerSettings, Samples, entropies, row_sums
+from .sampling import SamplerSettings, Samples
 from .trace import Trace, TraceRecorder
 
 if TYPE_CHECKING:
@@ -174,21 +174,15 @@ def sample_all(decodings: Sequence[Decoding]) -> list[Step]:
 def _sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     s = Samples.of(torch.stack([d.logits for d in decodings]), [d.settings for d in decodings],
                    [d.generator for d in decodings], [d.top_n for d in decodings])
-    top = torch.nn.utils.rnn.pad_sequence([torch.tensor(row.top_ids) for row in s.rows], batch_first=True)
-    columns = dict(  # each [B] or [B, top-n], as lists
-        prob=s.probs.gather(1, torch.tensor(s.token_ids)[:, None])[:, 0], entropy=entropies(s.probs, s.logits),
-        top_probs=s.probs.gather(1, top))
-    columns = {name: values.tolist() for name, values in columns.items()}
     steps = []
-    for r, (d, row) in enumerate(zip(decodings, s.rows)):
-        n, position, text = len(row.top_ids), d.cache.length, d.stream.push(row.token_id)
-        index, finish = d.n_steps, d._took(row.token_id)  # noqa: SLF001
+    for d, row in zip(decodings, s.rows):
+        position, text, index = d.cache.length, d.stream.push(row.token_id), d.n_steps
         steps.append(Step(
-            index=index, position=position, token_id=row.token_id, text=text, finish_reason=finish,
-            trace=d.recorder.trace() if d.recorder is not None else None, prob=columns["prob"][r],
-            sampled_prob=row.sampled_prob, entropy=columns["entropy"][r], top_ids=row.top_ids,
-            top_probs=columns["top_probs"][r][:n], top_sampled_probs=row.top_sampled_probs, top_kept=row.top_kept,
-            n_kept=row.n_kept, kept_mass=row.kept_mass))
+            index=index, position=position, token_id=row.token_id, text=text, finish_reason=d._took(row.token_id),  # noqa: SLF001
+            trace=d.recorder.trace() if d.recorder is not None else None, prob=row.prob,
+            sampled_prob=row.sampled_prob, entropy=row.entropy, top_ids=row.top_ids, top_probs=row.top_probs,
+            top_sampled_probs=row.top_sampled_probs, top_kept=row.top_kept, n_kept=row.n_kept,
+            kept_mass=row.kept_mass))
     return steps
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
+from . import kernels
 
+
+# sample_rows from the compiled kernels where built (tests compare the two)
+_COMPILED = True
 # top-p without top-k first looks for its nucleus among this many most likely tokens
 TOP_P_CANDIDATES = 1024
 # a temperature below this acts as greedy: logits / temperature overflow float32 near 1e-37 (every logit ±inf, so
@@ -53,33 +57,35 @@ def sample(logits: torch.Tensor, settings: SamplerSettings, generator: torch.Gen
 
 @dataclass(frozen=True)
 class Row:
-    """One row's sample and what a Step shows of its sampler. The sampler works among the row's candidates only, the
-    tokens its cuts can keep: greedy, the argmax; top-k, the k most likely; top-p alone, the TOP_P_CANDIDATES most
-    likely, or the whole vocabulary sorted where the nucleus is wider; no cut, the whole vocabulary in id order. (A
-    top-k row's ids go on to its top-n where n > k: not kept.)"""
+    """One row's sample and what a Step shows of it. The sampler works among the row's candidates only, the tokens its
+    cuts can keep: greedy, the argmax; top-k, the k most likely; top-p alone, the TOP_P_CANDIDATES most likely, or
+    the whole vocabulary sorted where the nucleus is wider; no cut, the whole vocabulary in id order. (A top-k row's
+    ids go on to its top-n where n > k: not kept.)"""
     token_id: int
+    probs: torch.Tensor  # [vocab] the model's distribution, softmax(logits)
     ids: torch.Tensor  # [K] the candidates
     final: torch.Tensor  # [K] their probabilities in the distribution sampled from (after temperature and cuts)
     kept: torch.Tensor  # [K] bool: left in by the cuts
+    prob: float  # the token's in probs
+    entropy: float  # of probs, nats
     sampled_prob: float  # the token's in `final`
     n_kept: int
     kept_mass: float  # the model's probability mass of the kept tokens
     top_ids: list[int]  # the row's top-n, most likely first
+    top_probs: list[float]
     top_sampled_probs: list[float]
     top_kept: list[bool]
 
 
 @dataclass(frozen=True)
 class Samples:
-    """B rows sampled at once: token_ids [B], each Row, and probs = softmax(logits) [B, vocab]. Rows whose candidates
-    are alike go through each operation together, and every operation computes a row the same way whatever rows are
-    beside it (sums: row_sums), so a row draws the same token alone or batched. Only softmax and the candidates'
-    choice read the whole vocabulary (16 rows of 49,152: 15 -> 3 ms on one thread); final_probs and kept [B, vocab]
-    are made when asked."""
+    """B rows sampled at once: token_ids [B] and each Row. Rows whose candidates are alike go through each operation
+    together, and every operation computes a row the same way whatever rows are beside it (sums: row_sums), so a row
+    draws the same token alone or batched. Only softmax, the entropy and the candidates' choice read the whole
+    vocabulary (16 rows of 49,152: 15 -> 6.6 ms on one thread); probs, final_probs and kept [B, vocab] are made when
+    asked."""
     token_ids: list[int]
     rows: list[Row]
-    probs: torch.Tensor
-    logits: torch.Tensor
 
     @classmethod
     def of(cls, logits: torch.Tensor, settings: Sequence[SamplerSettings], generators: Sequence[torch.Generator | None],
@@ -87,19 +93,22 @@ class Samples:
         """Row r of logits [B, vocab] sampled with settings[r] and generators[r]; top_n[r] (default 1): how many of
         its most likely tokens its Row describes. Order as transformers: temperature, then top-k, then top-p."""
         logits = logits.float()
-        probs = torch.softmax(logits, dim=-1)
         vocab = logits.shape[1]
         groups: dict[tuple[int, int], list[int]] = {}
         for r, s in enumerate(settings):
             groups.setdefault((_looks_at(s, vocab), min(top_n[r] if top_n else 1, vocab)), []).append(r)
         rows: list[Row] = [None] * len(settings)  # type: ignore[list-item]
         for (looks, n), members in groups.items():
-            whole = len(members) == len(settings)  # one group (as usual): no copies
-            pick = (lambda t: t) if whole else (lambda t: t[members])
-            for r, row in zip(members, _rows(pick(logits), pick(probs), [settings[r] for r in members],
-                                             [generators[r] for r in members], looks, n)):
+            part = logits if len(members) == len(settings) else logits[members]  # one group (as usual): no copy
+            for r, row in zip(members, _rows(part, [settings[r] for r in members], [generators[r] for r in members],
+                                             looks, n)):
                 rows[r] = row
-        return cls([row.token_id for row in rows], rows, probs, logits)
+        return cls([row.token_id for row in rows], rows)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """[B, vocab] the model's distributions."""
+        return torch.stack([r.probs for r in self.rows])
 
     @property
     def final_probs(self) -> torch.Tensor:
@@ -127,13 +136,35 @@ def _looks_at(s: SamplerSettings, vocab: int) -> int:
     return 0
 
 
-def _rows(logits: torch.Tensor, probs: torch.Tensor, settings: list[SamplerSettings],
-          generators: list[torch.Generator | None], looks: int, n: int) -> list[Row]:
+def _rows(logits: torch.Tensor, settings: list[SamplerSettings], generators: list[torch.Generator | None],
+          looks: int, n: int) -> list[Row]:
     """The Rows of G rows whose samplers look at the same number of candidates (_looks_at) and describe the same
-    top-n."""
+    top-n: _sample_rows' tensors, computed by the compiled kernels' copy of it where a model loaded them (the same
+    operations in one call: the model thread gives up the GIL once, not ~60 times), made into Rows."""
+    compiled = kernels.loaded()
+    sample_rows = compiled.sample_rows if compiled is not None and _COMPILED else _sample_rows
+    probs, *tensors, short = sample_rows(logits, [s.temperature for s in settings], [s.top_k for s in settings],
+                                         [s.top_p for s in settings], list(generators), looks, n)
+    ids, final, kept = tensors[3:6]
+    names = ("entropy", "prob", "top_probs", "token_id", "sampled_prob", "n_kept", "kept_mass", "top_ids",
+             "top_sampled_probs", "top_kept")
+    values = [t.tolist() for t in tensors[:3] + tensors[6:]]
+    rows = [Row(probs=probs[i], ids=ids[i], final=final[i], kept=kept[i], **dict(zip(names, v)))
+            for i, v in enumerate(zip(*values))]
+    for i in short.tolist() if looks < logits.shape[1] else []:  # the whole row, sorted
+        rows[i] = _rows(logits[i : i + 1], [settings[i]], [generators[i]], logits.shape[1], n)[0]
+    return rows
+
+
+def _sample_rows(logits: torch.Tensor, temperatures: list[float], top_k: list[int], top_p: list[float],
+                 generators: list[torch.Generator | None], looks: int, n: int) -> list[torch.Tensor]:
+    """G rows' samples: probs [G, vocab], entropy, prob, top_probs, ids, final, kept, token, sampled_prob, n_kept,
+    kept_mass, top, top_final, top_kept, and the rows whose nucleus is wider than their candidates (short)."""
     g, vocab = logits.shape
-    temperature = torch.tensor([s.temperature for s in settings])[:, None]
-    short: list[int] = []
+    probs = torch.softmax(logits, dim=-1)
+    entropy = -row_sums(probs * torch.log_softmax(logits, dim=-1))
+    temperature = torch.tensor(temperatures)[:, None]
+    short = torch.empty(0, dtype=torch.long)
     if looks == 1:  # greedy: the argmax (the first of equal maxima), kept alone
         ids = torch.argmax(logits, dim=-1, keepdim=True)
         kept = torch.ones_like(ids, dtype=torch.bool)
@@ -152,45 +183,43 @@ def _rows(logits: torch.Tensor, probs: torch.Tensor, settings: list[SamplerSetti
         top_logits, ids = torch.topk(logits, max(looks, n))
         scaled = top_logits[:, :looks] / temperature
         kept = torch.zeros_like(ids, dtype=torch.bool)
-        kept[:, :looks], short = _cuts(scaled, settings, lambda rows: logits[rows] / temperature[rows])
+        kept[:, :looks], short = _cuts(scaled, logits, temperature, top_k, top_p)
         final = torch.softmax(scaled.masked_fill(~kept[:, :looks], float("-inf")), dim=-1)
         final = torch.nn.functional.pad(final, (0, ids.shape[1] - looks))
-        if short:  # a nucleus wider than the candidates (a nearly flat distribution): those rows, below
-            live = [i for i in range(g) if i not in short]
+        if len(short):  # a nucleus wider than the candidates (a nearly flat distribution): those rows, again
+            live = [i for i in range(g) if i not in short.tolist()]
             chosen = torch.zeros(g, dtype=torch.long)
             if live:
-                chosen[live] = _draw(ids[live], final[live], kept[live], [generators[i] for i in live])
+                rows = torch.tensor(live)
+                chosen[rows] = _draw(ids[rows], final[rows], kept[rows], [generators[i] for i in live])
         else:
             chosen = _draw(ids, final, kept, generators)
         top, top_final, top_kept = ids[:, :n], final[:, :n], kept[:, :n]
     mass = row_sums(probs.gather(1, ids) * kept) if looks else row_sums(probs)
-    columns = [ids.gather(1, chosen[:, None])[:, 0].tolist(), final.gather(1, chosen[:, None])[:, 0].tolist(),
-               kept.sum(-1).tolist(), mass.tolist(), top.tolist(), top_final.tolist(), top_kept.tolist()]
-    rows = [Row(v[0], ids[i], final[i], kept[i], *v[1:]) for i, v in enumerate(zip(*columns))]
-    for i in short if looks < vocab else []:  # the whole row, sorted
-        rows[i] = _rows(logits[i : i + 1], probs[i : i + 1], [settings[i]], [generators[i]], vocab, n)[0]
-    return rows
+    token = ids.gather(1, chosen[:, None])[:, 0]
+    return [probs, entropy, probs.gather(1, token[:, None])[:, 0], probs.gather(1, top), ids, final, kept, token,
+            final.gather(1, chosen[:, None])[:, 0], kept.sum(-1), mass, top, top_final, top_kept, short]
 
 
-def _cuts(scaled: torch.Tensor, settings: list[SamplerSettings],
-          whole: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+def _cuts(scaled: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor, top_k: list[int],
+          top_p: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """kept [G, c] for G rows of their c largest scaled logits, largest first (top-k, then top-p), and the rows whose
-    nucleus (top-p without top-k) is wider than their c. whole(rows): those rows' scaled logits, the whole vocabulary
-    (top-p renormalises over the top-k where there is one, else over the whole vocabulary)."""
+    nucleus (top-p without top-k) is wider than their c. Top-p renormalises over the top-k where there is one, else
+    over the whole vocabulary: those rows' logits / temperature."""
     keep = torch.ones_like(scaled, dtype=torch.bool)
-    top_p = torch.tensor([s.top_p if s.top_p < 1.0 else math.inf for s in settings])
-    short: list[int] = []
-    if torch.isfinite(top_p).any():
-        top_k = torch.tensor([bool(s.top_k) for s in settings])
+    top_p_ = torch.tensor([p if p < 1.0 else math.inf for p in top_p])
+    short = torch.empty(0, dtype=torch.long)
+    if torch.isfinite(top_p_).any():
+        with_k = torch.tensor(top_k).ne(0)
         log_total = row_logsumexp(scaled)
-        without_k = (~top_k).nonzero().flatten()
+        without_k = (~with_k).nonzero().flatten()
         if len(without_k):
-            log_total[without_k] = row_logsumexp(whole(without_k))
+            log_total[without_k] = row_logsumexp(logits[without_k] / temperature[without_k])
         sorted_probs = torch.exp(scaled - log_total[:, None])
-        short = (~top_k & (row_sums(sorted_probs) < top_p)).nonzero().flatten().tolist()
+        short = (~with_k & (row_sums(sorted_probs) < top_p_)).nonzero().flatten()
         # keep the smallest prefix whose mass reaches top_p: drop a token if the mass before it already does
         mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        keep &= mass_before < top_p[:, None]
+        keep &= mass_before < top_p_[:, None]
     keep[:, 0] = True
     return keep, short
 

@@ -89,6 +89,12 @@ def default_helpers() -> int:
     return max(0, threads - 1)
 
 
+def loaded() -> ModuleType | None:
+    """The extension where a model has already built or loaded it; never builds it (a model without blocks to read
+    needs no compiler, and its first token should not wait for one)."""
+    return _module
+
+
 def helpers() -> int:
     """How many helper threads the kernels' loops use now (0 where the kernels are not loaded)."""
     return _module.helpers() if _module is not None else 0

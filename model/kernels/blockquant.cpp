@@ -930,6 +930,135 @@ std::string use_isa(const std::string& name) {
   return isa();
 }
 
+
+// ---- A decoding step's sampling, in one call ----
+//
+// model/sampling.py's _sample_rows, the same ATen operations in the same order (so the same bits), in one call that
+// gives up the GIL once: from Python each of its ~60 small operations took the GIL back after it, and beside a render
+// drawing on another thread each of those waits cost a step's sampling 1 -> 14 ms (a thread running Python) or 300 ms
+// (one in long C calls such as JSON encoding). Read the Python for what each line means.
+
+torch::Tensor row_sums(const torch::Tensor& x, int64_t chunk = 1024) {
+  const int64_t pad = (chunk - x.size(1) % chunk) % chunk;
+  const torch::Tensor y = pad ? at::constant_pad_nd(x, {0, pad}) : x;
+  return y.view({y.size(0), -1, chunk}).sum(-1).sum(-1);
+}
+
+torch::Tensor row_logsumexp(const torch::Tensor& x) {
+  const torch::Tensor top = std::get<0>(x.max(-1, true));
+  return top.select(1, 0) + at::log(row_sums(at::exp(x - top)));
+}
+
+torch::Tensor floats(const std::vector<double>& values) {
+  std::vector<float> f(values.begin(), values.end());
+  return torch::tensor(f);
+}
+
+torch::Tensor draw(const std::optional<torch::Tensor>& ids, const torch::Tensor& final, const torch::Tensor& kept,
+                   const std::vector<std::optional<at::Generator>>& generators) {
+  std::optional<torch::Tensor> order;
+  if (ids) order = at::argsort(*ids, int64_t(-1), false);
+  auto in_order = [&](const torch::Tensor& t) { return order ? t.gather(1, *order) : t; };
+  const torch::Tensor cdf = at::cumsum(in_order(final), -1);
+  std::vector<torch::Tensor> draws;
+  for (const auto& g : generators) draws.push_back(at::rand({}, g, torch::kFloat32));
+  const torch::Tensor u = at::stack(draws) * cdf.select(1, cdf.size(1) - 1);
+  torch::Tensor at = at::searchsorted(cdf, u.unsqueeze(1), false, true).select(1, 0);
+  const torch::Tensor flags = in_order(kept).flip(-1).to(torch::kUInt8);
+  const torch::Tensor last = kept.size(1) - 1 - at::argmax(flags, -1);
+  at = at::minimum(at, last);
+  return order ? order->gather(1, at.unsqueeze(1)).select(1, 0) : at;
+}
+
+std::tuple<torch::Tensor, torch::Tensor> cuts(const torch::Tensor& scaled, const torch::Tensor& logits,
+                                              const torch::Tensor& temperature, const std::vector<int64_t>& top_k,
+                                              const std::vector<double>& top_p) {
+  torch::Tensor keep = at::ones_like(scaled, torch::kBool);
+  std::vector<double> p(top_p);
+  for (auto& v : p) v = v < 1.0 ? v : INFINITY;
+  const torch::Tensor top_p_ = floats(p);
+  torch::Tensor short_rows = torch::empty({0}, torch::kLong);
+  if (at::isfinite(top_p_).any().item<bool>()) {
+    const torch::Tensor with_k = torch::tensor(std::vector<int64_t>(top_k.begin(), top_k.end())).ne(0);
+    torch::Tensor log_total = row_logsumexp(scaled);
+    const torch::Tensor without_k = (~with_k).nonzero().flatten();
+    if (without_k.size(0))
+      log_total.index_put_({without_k},
+                           row_logsumexp(logits.index({without_k}) / temperature.index({without_k})));
+    const torch::Tensor sorted_probs = at::exp(scaled - log_total.unsqueeze(1));
+    short_rows = ((~with_k) & (row_sums(sorted_probs) < top_p_)).nonzero().flatten();
+    const torch::Tensor mass_before = at::cumsum(sorted_probs, -1) - sorted_probs;
+    keep &= mass_before < top_p_.unsqueeze(1);
+  }
+  keep.select(1, 0).fill_(true);
+  return {keep, short_rows};
+}
+
+std::vector<torch::Tensor> sample_rows(const torch::Tensor& logits, const std::vector<double>& temperatures,
+                                       const std::vector<int64_t>& top_k, const std::vector<double>& top_p,
+                                       const std::vector<std::optional<at::Generator>>& generators, int64_t looks,
+                                       int64_t n) {
+  TORCH_CHECK(logits.scalar_type() == torch::kFloat32 && logits.dim() == 2, "logits: float32 [G, vocab]");
+  const int64_t g = logits.size(0), vocab = logits.size(1);
+  const torch::Tensor probs = at::softmax(logits, -1);
+  const torch::Tensor entropy = -row_sums(probs * at::log_softmax(logits, -1));
+  const torch::Tensor temperature = floats(temperatures).unsqueeze(1);
+  torch::Tensor ids, final, kept, chosen, top, top_final, top_kept;
+  torch::Tensor short_rows = torch::empty({0}, torch::kLong);
+  if (looks == 1) {
+    ids = at::argmax(logits, -1, true);
+    kept = at::ones_like(ids, torch::kBool);
+    final = kept.to(torch::kFloat32);
+    chosen = torch::zeros({g}, torch::kLong);
+    top = std::get<1>(at::topk(logits, n));
+    top_kept = top == ids;
+    top_final = top_kept.to(torch::kFloat32);
+  } else if (looks == 0) {
+    ids = torch::arange(vocab).expand({g, vocab});
+    final = at::softmax(logits / temperature, -1);
+    kept = at::ones_like(final, torch::kBool);
+    chosen = draw(std::nullopt, final, kept, generators);
+    top = std::get<1>(at::topk(logits, n));
+    top_final = final.gather(1, top);
+    top_kept = kept.gather(1, top);
+  } else {
+    auto [top_logits, top_ids] = at::topk(logits, std::max(looks, n));
+    ids = top_ids;
+    const torch::Tensor scaled = top_logits.narrow(1, 0, looks) / temperature;
+    kept = at::zeros_like(ids, torch::kBool);
+    auto [keep, short_] = cuts(scaled, logits, temperature, top_k, top_p);
+    short_rows = short_;
+    kept.narrow(1, 0, looks).copy_(keep);
+    final = at::softmax(scaled.masked_fill(~kept.narrow(1, 0, looks), -INFINITY), -1);
+    final = at::constant_pad_nd(final, {0, ids.size(1) - looks});
+    if (short_rows.size(0)) {
+      std::vector<int64_t> live;
+      std::vector<std::optional<at::Generator>> live_generators;
+      const auto flat = short_rows.accessor<int64_t, 1>();
+      for (int64_t i = 0; i < g; ++i) {
+        bool is_short = false;
+        for (int64_t j = 0; j < flat.size(0); ++j) is_short |= flat[j] == i;
+        if (!is_short) live.push_back(i), live_generators.push_back(generators[i]);
+      }
+      chosen = torch::zeros({g}, torch::kLong);
+      if (!live.empty()) {
+        const torch::Tensor rows = torch::tensor(live);
+        chosen.index_put_({rows}, draw(ids.index({rows}), final.index({rows}), kept.index({rows}), live_generators));
+      }
+    } else {
+      chosen = draw(ids, final, kept, generators);
+    }
+    top = ids.narrow(1, 0, n);
+    top_final = final.narrow(1, 0, n);
+    top_kept = kept.narrow(1, 0, n);
+  }
+  const torch::Tensor mass = looks ? row_sums(probs.gather(1, ids) * kept) : row_sums(probs);
+  const torch::Tensor token = ids.gather(1, chosen.unsqueeze(1)).select(1, 0);
+  return {probs, entropy, probs.gather(1, token.unsqueeze(1)).select(1, 0), probs.gather(1, top), ids, final, kept,
+          token, final.gather(1, chosen.unsqueeze(1)).select(1, 0), kept.sum(-1), mass, top, top_final, top_kept,
+          short_rows};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   // the products release the GIL, like torch's own ops: the web server's threads run Python meanwhile
   using release = py::call_guard<py::gil_scoped_release>;
@@ -964,6 +1093,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         return out;
       },
       "silu(gate) * up as a block's SwiGLU computes it (for tests)");
+  module.def("sample_rows", &sample_rows, "a decoding step's sampling of rows alike (model/sampling.py _sample_rows)",
+             release());
   module.def("isa", &isa, "the instruction set the kernels use on this CPU");
   module.def("use_isa", &use_isa, "use avx512, avx2, scalar or the best this CPU has (for tests)");
 }

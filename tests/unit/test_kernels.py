@@ -365,3 +365,34 @@ def test_a_build_killed_midway_does_not_hang_the_next_start(tmp_path, monkeypatc
     with kernels._building("explorer_blockquant_test") as building:  # noqa: SLF001
         assert building == folder
         assert not (folder / "lock").exists()
+
+
+def test_the_compiled_sampler_is_the_python_one_bit_for_bit(ext, monkeypatch):
+    """A decoding step's sampling runs in one compiled call (sample_rows: the GIL given up once, not around each of
+    ~60 small operations); it is model/sampling.py's _sample_rows in C++, the same ATen operations in the same order,
+    so every number and every draw is the same bits: greedy, no cut, top-k, top-p (a nucleus wider than its
+    candidates included), both, rows alone and together."""
+    from model import sampling
+    from model.sampling import SamplerSettings, Samples
+
+    settings = [SamplerSettings(greedy=True), SamplerSettings(temperature=0.7), SamplerSettings(top_k=50),
+                SamplerSettings(temperature=1.3, top_p=0.9), SamplerSettings(temperature=0.8, top_k=40, top_p=0.8),
+                SamplerSettings(top_k=3, top_p=0.5), SamplerSettings(temperature=1e-5)]
+    scale = torch.tensor([[3.0], [3.0], [8.0], [0.05], [3.0], [1.0], [2.0]])
+    calls = []
+    real = ext.sample_rows
+    monkeypatch.setattr(ext, "sample_rows", lambda *args: calls.append(args[-2]) or real(*args))
+    for seed in range(6):
+        logits = torch.randn(len(settings), 49152, generator=torch.Generator().manual_seed(seed)) * scale
+        for rows in (list(range(len(settings))), [3], [5, 1]):
+            got = {}
+            for compiled in (True, False):
+                monkeypatch.setattr(sampling, "_COMPILED", compiled)
+                gens = [torch.Generator().manual_seed(seed * 100 + r) for r in rows]
+                got[compiled] = Samples.of(logits[rows], [settings[r] for r in rows], gens, [20] * len(rows))
+            for a, b in zip(got[True].rows, got[False].rows):
+                for name, value in vars(a).items():
+                    other = getattr(b, name)
+                    same = torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+                    assert same, (seed, rows, name)
+    assert sorted(set(calls)) == [0, 1, 3, 40, 50, 1024, 49152]  # every kind of row took the compiled call
