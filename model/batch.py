@@ -177,8 +177,9 @@ def _sample_all(decodings: Sequence[Decoding]) -> list[Step]:
     steps = []
     for d, row in zip(decodings, s.rows):
         position, text, index = d.cache.length, d.stream.push(row.token_id), d.n_steps
+        finish = d._took(row.token_id)  # noqa: SLF001
         steps.append(Step(
-            index=index, position=position, token_id=row.token_id, text=text, finish_reason=d._took(row.token_id),  # noqa: SLF001
+            index=index, position=position, token_id=row.token_id, text=text, finish_reason=finish,
             trace=d.recorder.trace() if d.recorder is not None else None, prob=row.prob,
             sampled_prob=row.sampled_prob, entropy=row.entropy, top_ids=row.top_ids, top_probs=row.top_probs,
             top_sampled_probs=row.top_sampled_probs, top_kept=row.top_kept, n_kept=row.n_kept,

@@ -162,7 +162,7 @@ def _sample_rows(logits: torch.Tensor, temperatures: list[float], top_k: list[in
     kept_mass, top, top_final, top_kept, and the rows whose nucleus is wider than their candidates (short)."""
     g, vocab = logits.shape
     probs = torch.softmax(logits, dim=-1)
-    entropy = -row_sums(probs * torch.log_softmax(logits, dim=-1))
+    entropy = entropies(probs, logits)
     temperature = torch.tensor(temperatures)[:, None]
     short = torch.empty(0, dtype=torch.long)
     if looks == 1:  # greedy: the argmax (the first of equal maxima), kept alone
