@@ -20,8 +20,6 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
-from model import kernels
-
 T = TypeVar("T")
 # seconds after a render's end during which decoding steps still compute with one thread: Gradio turns the figures
 # into JSON and sends them after the render returns, the page draws them, and renders come in bursts (clicks, the
@@ -37,11 +35,9 @@ class ModelThread:
     draws on another thread or has just drawn (AFTER_RENDER). Beside a Python thread that keeps a core busy, as a
     render does, a decode with two OpenMP threads on this 2-core machine fell from 115 to 11 tokens/s (each of its ~150
     parallel regions a step ends at a barrier that waits for whichever of its threads the render preempted), one
-    with a single thread from 70 to 35. One thread means one: the compiled kernels' own helper threads too
-    (model/kernels), which split a step's loops and which the caller never waits for longer than about a chunk: beside a
-    render and the browser that chunk's wait came in each of a step's ~120 loops (bench.clicks' stall, four
-    interleaved runs each: 144, 310, 214 and 157 ms without helpers during renders, 342, 452, 175 and 319 with them).
-    A decoding step's numbers are the same with any
+    with a single thread from 70 to 35. (Where the compiled kernels run a step, they split it with helper threads of
+    their own that the caller never waits for, and torch's own ops in it take one thread anyway: model/batch.py.
+    This policy is then what a model without them gets.) A decoding step's numbers are the same with any
     number of threads (each output computed by the same serial code); a prefill's or a recomputation's are not
     (torch's float32 products split their work by thread), so a prefill always takes all, and a render's
     recomputations always one: a seed gives the same text, and a view the same numbers, whatever other sessions
@@ -55,7 +51,6 @@ class ModelThread:
         self._rendered = float("-inf")  # when the last render ended (the monotonic clock)
         self._lock = threading.Lock()
         self.threads = self._threads_now = 1  # torch's own count on this thread, and the one in use
-        self.helpers = kernels.default_helpers()  # the kernels' helper threads when all threads compute
         self._pool.submit(self._remember).result()
 
     def _remember(self) -> None:
@@ -90,7 +85,6 @@ class ModelThread:
     def _use(self, threads: int) -> None:
         if threads != self._threads_now:
             torch.set_num_threads(threads)
-            kernels.use_helpers(self.helpers if threads == self.threads else 0)
             self._threads_now = threads
 
     def decoding_step(self) -> None:

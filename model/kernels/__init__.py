@@ -95,13 +95,6 @@ def loaded() -> ModuleType | None:
     return _module
 
 
-def use_helpers(n: int) -> None:
-    """How many helper threads the kernels' loops use from now on, where they are loaded (never builds them); the
-    numbers are the same with any count."""
-    if _module is not None:
-        _module.use_helpers(n)
-
-
 def helpers() -> int:
     """How many helper threads the kernels' loops use now (0 where the kernels are not loaded)."""
     return _module.helpers() if _module is not None else 0

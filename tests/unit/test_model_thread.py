@@ -71,13 +71,10 @@ def test_a_renders_tasks_and_decoding_steps_beside_it_compute_with_one_openmp_th
     """A render keeps a core busy; a task computing with two threads beside it waits at every barrier for the one the
     render preempted (bench/contention.py). So what a render asks of the model thread takes one thread, and so do
     decoding steps until it has ended and Gradio has sent its figures (AFTER_RENDER later); any other task takes
-    all (its numbers would depend on the count). One thread means no kernel helper threads either."""
+    all (its numbers would depend on the count)."""
     import explorer.model_thread
-    from model import kernels
 
-    assert kernels.extension() is not None, kernels.error()  # this project's machines build them
     monkeypatch.setattr(MODEL_THREAD, "threads", 2)  # as on a machine of two cores or more (CI may have one)
-    monkeypatch.setattr(MODEL_THREAD, "helpers", 1)
     monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 1e9)
     inside, entered, leave = [], threading.Event(), threading.Event()
 
@@ -88,18 +85,17 @@ def test_a_renders_tasks_and_decoding_steps_beside_it_compute_with_one_openmp_th
             entered.set()
             leave.wait(60)
 
-    def step() -> tuple[int, int]:
+    def step() -> int:
         MODEL_THREAD.decoding_step()
-        return torch.get_num_threads(), kernels.helpers()
+        return torch.get_num_threads()
 
     worker = threading.Thread(target=render)
     worker.start()
     assert entered.wait(60)
-    counts = lambda: (torch.get_num_threads(), kernels.helpers())  # noqa: E731
-    during = MODEL_THREAD.schedule(step).result(), MODEL_THREAD.run(counts)
+    during = MODEL_THREAD.schedule(step).result(), MODEL_THREAD.run(torch.get_num_threads)
     leave.set()
     worker.join()
     just_after = MODEL_THREAD.schedule(step).result()
     monkeypatch.setattr(explorer.model_thread, "AFTER_RENDER", 0.0)
     later = MODEL_THREAD.schedule(step).result()
-    assert (inside, during, just_after, later) == ([1, 1], ((1, 0), (2, 1)), (1, 0), (2, 1))
+    assert (inside, during, just_after, later) == ([1, 1], (1, 2), 1, 2)
