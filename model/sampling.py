@@ -113,17 +113,19 @@ class Samples:
     @property
     def final_probs(self) -> torch.Tensor:
         """[B, vocab] the distributions sampled from, 0 where cut."""
-        return torch.zeros_like(self.probs).index_put_(self._where(), torch.cat([r.final for r in self.rows]))
+        return self._over_vocabulary("final")
 
     @property
     def kept(self) -> torch.Tensor:
         """[B, vocab] bool, the tokens each sampler left in."""
-        return torch.zeros_like(self.probs, dtype=torch.bool).index_put_(self._where(),
-                                                                         torch.cat([r.kept for r in self.rows]))
+        return self._over_vocabulary("kept")
 
-    def _where(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.cat([torch.full_like(r.ids, i) for i, r in enumerate(self.rows)]),
-                torch.cat([r.ids for r in self.rows]))
+    def _over_vocabulary(self, name: str) -> torch.Tensor:
+        """Each Row's candidates' `name` at their ids in [B, vocab], zero elsewhere."""
+        values = torch.cat([getattr(r, name) for r in self.rows])
+        where = (torch.cat([torch.full_like(r.ids, i) for i, r in enumerate(self.rows)]),
+                 torch.cat([r.ids for r in self.rows]))
+        return values.new_zeros(len(self.rows), self.rows[0].probs.shape[0]).index_put_(where, values)
 
 
 def _looks_at(s: SamplerSettings, vocab: int) -> int:
@@ -187,7 +189,7 @@ def _sample_rows(logits: torch.Tensor, temperatures: list[float], top_k: list[in
         final = torch.softmax(scaled.masked_fill(~kept[:, :looks], float("-inf")), dim=-1)
         final = torch.nn.functional.pad(final, (0, ids.shape[1] - looks))
         if len(short):  # a nucleus wider than the candidates (a nearly flat distribution): those rows, again
-            live = [i for i in range(g) if i not in short.tolist()]
+            live = sorted(set(range(g)) - set(short.tolist()))
             chosen = torch.zeros(g, dtype=torch.long)
             if live:
                 rows = torch.tensor(live)
