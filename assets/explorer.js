@@ -62,8 +62,13 @@
     if (out.__explorerWatched) return;
     out.__explorerWatched = true;
     out.addEventListener("scroll", () => { follow = out.scrollTop + out.clientHeight >= out.scrollHeight - 24; });
-    new MutationObserver(() => { if (follow) out.scrollTop = out.scrollHeight; })
-      .observe(out, { childList: true, subtree: true });
+    // once per frame, not per change: reading scrollHeight lays the whole text out again
+    let queued = false;
+    new MutationObserver(() => {
+      if (!follow || queued) return;
+      queued = true;
+      requestAnimationFrame(() => { queued = false; if (follow) out.scrollTop = out.scrollHeight; });
+    }).observe(out, { childList: true, subtree: true });
   }
 
   new MutationObserver(() => {

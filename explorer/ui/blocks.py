@@ -25,18 +25,16 @@ from explorer.ui.gradio_sessions import lazy_session_configs, without_matplotlib
 from explorer.ui.lessons import Lessons
 from explorer.ui.logit_lens_tab import LogitLensTab
 from explorer.ui.next_token_tab import NextTokenTab
+from explorer.ui.output_strip import OutputStrip
 from explorer.ui.probe_tab import ProbeTab
 from explorer.ui.share import Share
 from explorer.ui.tokens_tab import TokensTab
-from explorer.views.output import branch_bar_html, output_html
-from explorer.views.probing import ablated_banner
 from model import LanguageModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLES = json.loads((ASSETS / "prompts.json").read_text())
 RENDER_SHARE = 8
 TITLE = "<h1>LLM Explorer</h1><p>" + t("app.tagline") + "</p>"
-OUTPUT_HINT = '<div class="hint">' + t("output.hint") + "</div>"
 # the tabs' labels by their titles (ids, which links and lessons name, stay English)
 TAB_LABELS = {"Tokens": "tab.tokens", "Embeddings": "tab.embeddings", "Attention": "tab.attention",
               "Next token": "tab.next_token", "Logit lens": "tab.logit_lens", "Experts": "tab.experts",
@@ -79,11 +77,6 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
     """The explorer's page. Its texts are keys of explorer/i18n.py: launch it with i18n=I18N (app.py does), without
     which the page shows the keys themselves."""
     tok = lm.tokenizer
-
-    def render_output(s: Session) -> str:
-        bar = branch_bar_html(tok, s.tree.branches, s.tree.current, s.n_prompt)
-        text = output_html(tok, s.prompt_ids, s.steps, selected=s.selected, bar=bar)
-        return ablated_banner(s.context_interventions) + text  # marked when generated with an ablation
 
     share = Share(lm, limits)
     lessons = Lessons(lm, limits)
@@ -130,7 +123,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                     stop_at_eos = gr.Checkbox(label=t("controls.stop_at_eos"), value=True, elem_id="stop-at-eos")
                 share.panel()
             with gr.Column(scale=1, elem_id="views"):
-                output = gr.HTML(OUTPUT_HINT, elem_id="output", label=t("output.label"), padding=False)
+                strip = OutputStrip(tok)
+                render_output, output = strip.update, strip.components
                 # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position
                 select_token = gr.Button("select", elem_id="select-token")
                 # likewise a click on a candidate of the Next token tab (force it: a branch) and on the branches' bar
@@ -174,7 +168,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             note = f" {request.note}" if request.note else ""  # e.g. a tiny temperature decodes greedily
             if interventions:
                 note += f" Ablated: {'; '.join(map(str, interventions))} (the Probe tab removes it)."
-            yield {state: s, output: render_output(s), status: "Generating…" + note, refresher: gr.Timer(active=True),
+            yield {state: s, **render_output(s), status: "Generating…" + note, refresher: gr.Timer(active=True),
                    **running(True)}
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
             generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stopped(run),
@@ -185,18 +179,21 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             if reason == "stop" and len(s.steps) <= 2 and not request.chat and tok.chat_template is not None:
                 message += ENDED_AT_ONCE
             message += note
-            yield {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
+            yield {**render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
 
         def stream(s: Session, run: int, generation: Any) -> Iterator[dict]:
             """The text while generation `run` writes into the session's current branch; returns why it ended and
             the status line saying so, or None when a newer generation (or another branch) owns the session."""
             started, base = time.monotonic(), len(s.steps)  # base: a branch's tokens before its continuation
+            head = None  # the strip's settled part as last sent: an update leaves it out while it stays the same
             try:
                 for steps in generation.follow(limits.text_hz):
                     if s.stopped(run) or not all(s.add(step, run) for step in steps[len(s.steps) - base:]):
                         break  # Stop has already shown the text as it was (or another branch is current now)
                     n = len(s.steps) - base
-                    yield {output: render_output(s),
+                    text = strip.update(s, unchanged_head=head)
+                    head = text.get(strip.head, head)
+                    yield {**text,
                            status: f"Generating… {n} tokens, {n / (time.monotonic() - started):.1f} tok/s"}
                 s.adopt_trace(generation.context_trace)
             finally:  # however it ended, an error included (after_generation then switches the buttons back)
@@ -220,21 +217,21 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             branch = s.tree.current
             label = "the original" if branch == 0 else f"branch {branch}"
             if not new:  # an existing branch (after_generation draws the open tab)
-                yield {output: render_output(s), status: f"Showing {label}.", refresher: gr.Timer(active=False),
+                yield {**render_output(s), status: f"Showing {label}.", refresher: gr.Timer(active=False),
                        **running(s.generating)}
                 return
             run = s.run
-            yield {output: render_output(s), status: f"Generating {label}…", refresher: gr.Timer(active=True),
+            yield {**render_output(s), status: f"Generating {label}…", refresher: gr.Timer(active=True),
                    **running(True)}
             generation = start_continuation(lm, limits, s.settings, s.ids, len(s.steps), record=True,
                                             should_stop=lambda: s.stopped(run), interventions=s.context_interventions)
             if generation is None:  # nothing left to write after the forced token
                 s.generating = False
-                yield {output: render_output(s), status: f"Done: {label} ends at its forced token.",
+                yield {**render_output(s), status: f"Done: {label} ends at its forced token.",
                        refresher: gr.Timer(active=False), **running(False)}
                 return
             if (ended := (yield from stream(s, run, generation))) is not None:
-                yield {output: render_output(s), status: f"{ended[1]} · {label}", refresher: gr.Timer(active=False),
+                yield {**render_output(s), status: f"{ended[1]} · {label}", refresher: gr.Timer(active=False),
                        **running(False)}
 
         def running(yes: bool) -> dict:
@@ -258,16 +255,16 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             return update
 
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
-        everything = [state, output, status] + tab_outputs
+        everything = [state, *output, status] + tab_outputs
         gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
                                                  stop_at_eos, state],
-                                   [state, output, status, refresher, generate, stop],
+                                   [state, *output, status, refresher, generate, stop],
                                    api_visibility="private", show_progress="hidden",
                                    concurrency_limit=limits.max_concurrent, concurrency_id="generate")
         gen_event.then(after_generation, [state], tab_outputs + [generate, stop], api_visibility="private",
                        show_progress="hidden")
         pick = gr.Textbox(visible=False)
-        branch_event = branch_token.click(on_branch, [pick, state], [output, status, refresher, generate, stop],
+        branch_event = branch_token.click(on_branch, [pick, state], [*output, status, refresher, generate, stop],
                                           api_visibility="private", show_progress="hidden",
                                           concurrency_limit=limits.max_concurrent, concurrency_id="generate",
                                           js="(pick, s) => [window.__explorerFork ?? '', s]")
@@ -283,7 +280,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             message = finish_message("stopped", len(s.steps), 0.0, limits.time_limit_seconds)
             # the cancelled generation never sends its last update, which stops the refresher: stop it here. At once:
             # the views are redrawn after (a slow redraw must not land after a new generation has begun)
-            return {output: render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
+            return {**render_output(s), status: message, refresher: gr.Timer(active=False), **running(False)}
 
         # a branch's continuation ends at its next token by the session's stop check (it then says "Stopped ... ·
         # branch n"); cancelling its event as well, when it was never run, leaves Gradio's "Error" on the status line
@@ -297,7 +294,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 values[status] = message + (f" · branch {s.tree.current}" if s.tree.current else "")
             return values
 
-        stop.click(on_stop, [state], [output, status, refresher, generate, stop], cancels=[gen_event],
+        stop.click(on_stop, [state], [*output, status, refresher, generate, stop], cancels=[gen_event],
                    api_visibility="private", show_progress="hidden", queue=False).then(
             after_stop, [state], tab_outputs + [generate, stop, status], api_visibility="private",
             show_progress="hidden")
@@ -307,7 +304,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 s.selected = int(value)
             except (TypeError, ValueError):
                 return gr.skip()
-            return {output: render_output(s), **render_tab(s)}
+            return {**render_output(s), **render_tab(s)}
 
         # progress: a small timer on the plots that are being redrawn, none over the text (whose selection just moved)
         on_views = dict(show_progress="minimal", show_progress_on=tab_outputs)
@@ -322,12 +319,12 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             except (TypeError, ValueError):
                 raise user_error(f"There is no branch {shown(value)} in this text.") from None
             label = "the original" if s.tree.current == 0 else f"branch {s.tree.current}"
-            return {output: render_output(s), status: f"Showing {label}.", refresher: gr.Timer(active=False),
+            return {**render_output(s), status: f"Showing {label}.", refresher: gr.Timer(active=False),
                     **running(False), **render_tab(s)}
 
         branch_number = gr.Number(visible=False)
         switch_branch.click(on_switch, [branch_number, state],
-                            [output, status, refresher, generate, stop, *tab_outputs], api_visibility="private",
+                            [*output, status, refresher, generate, stop, *tab_outputs], api_visibility="private",
                             js="(number, s) => [window.__explorerBranch ?? null, s]", **on_views)
 
         for title, tab in tabs.items():
@@ -340,11 +337,11 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 def on_control(s: Session, *values, tab=tab) -> dict:
                     before = s.selected
                     tab.set_controls(s, *values)  # may move the selection (the Next token tab's step slider)
-                    text = render_output(s) if s.selected != before else gr.skip()
-                    return {output: text, **render_tab(s, tab)}  # this control's tab, open or not
+                    text = render_output(s) if s.selected != before else {}
+                    return {**text, **render_tab(s, tab)}  # this control's tab, open or not
 
                 # always_last: a textbox typed into while a render runs still ends on what was typed
-                control.input(on_control, [state, *tab.controls], [output, *tab.outputs], api_visibility="private",
+                control.input(on_control, [state, *tab.controls], [*output, *tab.outputs], api_visibility="private",
                               trigger_mode="always_last", show_progress="hidden")
 
         def on_example(picked: gr.SelectData) -> tuple[str, bool, Any]:
@@ -366,9 +363,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         presentation.change(on_presentation, [presentation, state], everything, api_visibility="private",
                             show_progress="hidden")
 
-        lessons.wire(state, tab_set, tabs, output, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
-                     stop_at_eos], on_generate, [state, output, status, refresher, generate, stop], render_tab,
-                     render_output, running)
+        lessons.wire(state, tab_set, tabs, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
+                     stop_at_eos], on_generate, [state, *output, status, refresher, generate, stop], render_tab,
+                     strip, running)
         greedy.change(on_greedy, [greedy], [temperature, top_k, top_p], api_visibility="private", queue=False)
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
@@ -376,10 +373,9 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         gr.api(api_patching(lm), api_name="patching", concurrency_limit=limits.max_concurrent,
                concurrency_id="generate")
         gr.api(api_stats(memory), api_name="stats", queue=False)
-        share.wire(app, state=state, status=status, output=output, tab_set=tab_set, tabs=tabs, render_tab=render_tab,
-                   render_output=render_output, controls=dict(prompt=prompt, chat=chat, max_new_tokens=max_new,
-                                                              temperature=temperature, top_k=top_k, top_p=top_p,
-                                                              seed=seed, greedy=greedy, stop_at_eos=stop_at_eos))
+        share.wire(app, state=state, status=status, strip=strip, tab_set=tab_set, tabs=tabs, render_tab=render_tab,
+                   controls=dict(prompt=prompt, chat=chat, max_new_tokens=max_new, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, seed=seed, greedy=greedy, stop_at_eos=stop_at_eos))
     check_event_inputs(app)  # part of the app, whoever launches it
     lazy_session_configs()  # a new session costs the event loop no configuration of 215 components
     without_matplotlib()

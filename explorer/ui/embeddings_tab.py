@@ -14,6 +14,7 @@ from explorer.views.embeddings import embedding_projection_figure, neighbours_ht
 from model import LanguageModel
 
 BACKGROUND = 3000
+STREAMING_THIN = 4  # while tokens stream (and the plot redraws with each refresh), one cloud point in 4 is drawn
 
 
 class EmbeddingsTab:
@@ -45,7 +46,8 @@ class EmbeddingsTab:
         selected = s.selected if s.selected is not None else len(ids) - 1
         position = s.position(trace)
         return [
-            embedding_projection_figure(E, ids, tok, s.n_prompt, s.dims, selected, self.background),
+            embedding_projection_figure(E, ids, tok, s.n_prompt, s.dims, selected, self.background,
+                                        thin=STREAMING_THIN if s.generating else 1),
             trajectory_figure(trace, position, tok, s.dims),
             neighbours_html(E, ids[selected], tok),
         ]

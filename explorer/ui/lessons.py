@@ -16,6 +16,7 @@ from explorer.ui.api import GenerationRequest
 from explorer.ui.architecture_tab import KIMI
 from explorer.ui.attention_tab import AttentionTab
 from explorer.ui.common import Limits
+from explorer.ui.output_strip import OutputStrip
 from model import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,9 @@ class Lessons:
         return (not s.generating and not s.stop_requested and bool(s.steps) and s.settings == request.settings()
                 and s.prompt_ids == request.prompt_ids(self.lm, self.limits))
 
-    def wire(self, state: gr.State, tab_set: gr.Tabs, tabs: dict[str, Any], output: gr.HTML, run_controls: list,
+    def wire(self, state: gr.State, tab_set: gr.Tabs, tabs: dict[str, Any], run_controls: list,
              generate: Callable[..., Iterator[dict]], generation_outputs: list, render_tab: Callable[[Session], dict],
-             render_output: Callable[[Session], str], running: Callable[[bool], dict]) -> None:
+             strip: OutputStrip, running: Callable[[bool], dict]) -> None:
         """Events of the menu and the panel. run_controls: the inputs of generate but the session (prompt, chat, max
         new, temperature, top-k, top-p, seed, greedy, stop at end-of-text); generation_outputs: generate's outputs."""
         attention, architecture = tabs.get("Attention"), tabs.get("Architecture")
@@ -104,7 +105,8 @@ class Lessons:
                                getattr(architecture, "view", None)) if c]
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
         panel = [self.box, self.text, self.prev, self.next]
-        step_outputs = list(dict.fromkeys([tab_set, output, *panel, *options, *generation_outputs[-2:], *tab_outputs]))
+        step_outputs = list(dict.fromkeys([tab_set, *strip.components, *panel, *options, *generation_outputs[-2:],
+                                           *tab_outputs]))
 
         def on_pick(name: str, s: Session) -> dict:
             if name not in self.lessons:
@@ -152,7 +154,7 @@ class Lessons:
                 s.arch_view, s.arch_rope_factor = view.arch_view, 0  # the RoPE view at the model's own stretch
                 updates[architecture.show] = gr.Dropdown(value=s.arch_show)
                 updates[architecture.view] = gr.Radio(value=view.arch_view)
-            return {**render_tab(s), **updates, tab_set: gr.Tabs(selected=view.tab), output: render_output(s),
+            return {**render_tab(s), **updates, tab_set: gr.Tabs(selected=view.tab), **strip.update(s),
                     self.text: step_html(lesson, index), **buttons, **done}
 
         def move(by: int) -> Callable[[Session], dict]:

@@ -26,6 +26,7 @@ from explorer.session import Session
 from explorer.ui.api import (Replay, api_export_session, api_import_session, model_record, setting_checks,
                              start_replay)
 from explorer.ui.common import Limits
+from explorer.ui.output_strip import OutputStrip
 from model import LanguageModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -74,10 +75,10 @@ class Share:
         self.apply_view = gr.Button("view", visible="hidden", elem_id="share-apply-view")
         self.link_state = gr.Textbox(visible="hidden", elem_id="share-link-state")
 
-    def wire(self, app: gr.Blocks, *, state: gr.State, controls: dict[str, Any], status: Any, output: Any,
-             tab_set: gr.Tabs, tabs: dict[str, Any], render_tab: Callable[[Session], dict],
-             render_output: Callable[[Session], str]) -> None:
-        """controls: the generation's controls by setting name (LINK_SETTINGS); tabs: title -> tab object."""
+    def wire(self, app: gr.Blocks, *, state: gr.State, controls: dict[str, Any], status: Any, strip: OutputStrip,
+             tab_set: gr.Tabs, tabs: dict[str, Any], render_tab: Callable[[Session], dict]) -> None:
+        """controls: the generation's controls by setting name (LINK_SETTINGS); tabs: title -> tab object; strip: the
+        output strip above the tabs."""
         lm, limits = self.lm, self.limits
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
         settings = [controls[name] for name in LINK_SETTINGS]
@@ -107,10 +108,10 @@ class Share:
             except (TypeError, ValueError):
                 return gr.skip()
             problems = self.select(s, view if isinstance(view, dict) else {}, tabs)
-            return {tab_set: gr.Tabs(selected=s.active_tab), output: render_output(s), **self.view_updates(s, tabs),
+            return {tab_set: gr.Tabs(selected=s.active_tab), **strip.update(s), **self.view_updates(s, tabs),
                     **render_tab(s), status: " ".join(problems) if problems else gr.skip()}
 
-        self.apply_view.click(on_view, [self.view_text, state], [tab_set, output, status, *tab_outputs],
+        self.apply_view.click(on_view, [self.view_text, state], [tab_set, *strip.components, status, *tab_outputs],
                               api_visibility="private", show_progress="hidden",
                               js="(text, s) => [window.explorerShare.viewRequest(), s]")
 
@@ -119,7 +120,7 @@ class Share:
                 return {self.message: why, self.files: gr.File(visible=False)}
             # the report draws every tab here; what it recomputes with the model runs on the model thread
             with MODEL_THREAD.rendering(), s.drawing:
-                paths = self.write_files(s, tabs, render_output)
+                paths = self.write_files(s, tabs, strip.html)
             return {self.files: gr.File(value=[str(p) for p in paths], visible=True),
                     self.message: f"{len(s.steps)} tokens exported"
                                   + (f", with {len(s.tree) - 1} branch(es)" if len(s.tree) > 1 else "")
@@ -158,7 +159,7 @@ class Share:
                 return
             problems = self.adopt(s, replay, branches, tabs)
             yield {**shown,
-                   tab_set: gr.Tabs(selected=s.active_tab), output: render_output(s),
+                   tab_set: gr.Tabs(selected=s.active_tab), **strip.update(s),
                    **self.view_updates(s, tabs), **render_tab(s),
                    status: f"Opened a session file: {n} tokens"
                            + (f" and {n_branches} branch(es)" if n_branches else "")
@@ -168,7 +169,7 @@ class Share:
                    self.message: f"**Opened**: {n} tokens replayed and checked."}
 
         self.import_.click(on_import, [self.file_text, state],
-                           [*settings, tab_set, output, status, self.message, *tab_outputs],
+                           [*settings, tab_set, *strip.components, status, self.message, *tab_outputs],
                            api_visibility="private", show_progress="hidden", concurrency_id="generate",
                            concurrency_limit=limits.max_concurrent,
                            js=f"(text, s) => window.explorerShare.pickFile({MAX_SESSION_CHARS}).then((t) => [t, s])"

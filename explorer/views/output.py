@@ -85,23 +85,24 @@ def branch_bar_html(tokenizer: Tokenizer, branches: Sequence[Branch], current: i
     return f'<div class="branchbar" id="branch-bar"><span class="where">{where}</span>{"".join(buttons)}</div>'
 
 
-def output_html(
+def output_parts(
     tokenizer: Tokenizer,
     prompt_ids: Sequence[int],
     steps_like: Sequence[StepLike],
     selected: int | None = None,
     show_prompt: bool = True,
     bar: str = "",
-) -> str:
-    """The prompt as plain muted text, then one `<span class="tok" data-pos=...>` per generated token whose
-    background is the probability it had when chosen (step.prob); a token that holds only part of a character
-    shows ⋯ until the token that completes it; a forced token (ForcedStep) has the class "forced". `bar` (the
-    branches' bar) goes above the text."""
+    settled: int | None = None,
+) -> tuple[str, str]:
+    """output_html in two parts: the head (styles, `bar`, key, prompt and the first `settled` generated tokens, all
+    of them when None) and the tail (the tokens after those, in a .tokout of its own; "" when there are none). The
+    page shows them one after the other in one box, where the text flows on from one to the other."""
     stream = tokenizer.text_stream()
     prompt_text = "".join(stream.push(i) for i in prompt_ids)
-    out = [_CSS, bar, '<div class="tokout">', _KEY]
+    head = [_CSS, bar, '<div class="tokout">', _KEY]
     if show_prompt and prompt_text:
-        out.append(f'<span class="prompt">{style.escape(prompt_text)}</span>')
+        head.append(f'<span class="prompt">{style.escape(prompt_text)}</span>')
+    spans = []
     for step in steps_like:
         piece = stream.push(step.token_id)
         special = tokenizer.is_special(step.token_id)
@@ -118,7 +119,23 @@ def output_html(
         p = min(max(float(step.prob), 0.0), 1.0)
         how = f"forced by you, {'cut' if step.cut else 'kept'} by the sampler · " if forced else ""
         tip = style.escape(f"{how}p = {p:.3g} · rank {_rank(step)} · id {step.token_id}")
-        out.append(f'<span class="{classes}" data-pos="{step.position}" title="{tip}" '
-                   f'style="background:{_TINTS[round(p * 100)]}">{shown}</span>')
-    out.append("</div>")
-    return "".join(out)
+        spans.append(f'<span class="{classes}" data-pos="{step.position}" title="{tip}" '
+                     f'style="background:{_TINTS[round(p * 100)]}">{shown}</span>')
+    settled = len(spans) if settled is None else max(0, min(settled, len(spans)))
+    tail = f'<div class="tokout">{"".join(spans[settled:])}</div>' if settled < len(spans) else ""
+    return "".join(head + spans[:settled] + ["</div>"]), tail
+
+
+def output_html(
+    tokenizer: Tokenizer,
+    prompt_ids: Sequence[int],
+    steps_like: Sequence[StepLike],
+    selected: int | None = None,
+    show_prompt: bool = True,
+    bar: str = "",
+) -> str:
+    """The prompt as plain muted text, then one `<span class="tok" data-pos=...>` per generated token whose
+    background is the probability it had when chosen (step.prob); a token that holds only part of a character
+    shows ⋯ until the token that completes it; a forced token (ForcedStep) has the class "forced". `bar` (the
+    branches' bar) goes above the text."""
+    return output_parts(tokenizer, prompt_ids, steps_like, selected, show_prompt, bar)[0]

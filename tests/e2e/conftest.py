@@ -139,6 +139,11 @@ def open_page(browser, url: str, viewport: dict | None = None):
     return context, page
 
 
+def output_text(page) -> str:
+    """The output strip's text without the bar of branches above it: its two parts (explorer/ui/output_strip.py)."""
+    return "".join(page.locator("#output .tokout").all_inner_texts())
+
+
 @pytest.fixture()
 def page(browser, app_url):
     context, pg = open_page(browser, app_url)

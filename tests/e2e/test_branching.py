@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.e2e.conftest import HANG, LONG_RUN
+from tests.e2e.conftest import HANG, LONG_RUN, output_text
 from tests.e2e.test_lesson import PROJECTOR, no_errors_on_screen, open_projector, open_tab, set_number, wait_status
 from tests.e2e.test_share import import_file
 
@@ -50,7 +50,7 @@ def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots, tmp_pat
     set_number(page, "#top-k", 5)  # rows 6 to 12 of every step are candidates the sampler cut
     page.click("#generate")
     wait_status(page, "Done")
-    original_text = page.inner_text("#output .tokout")
+    original_text = output_text(page)
     original = page.evaluate(TOKENS)
     assert len(original) == 16 and page.locator("#branch-bar").count() == 0
 
@@ -74,7 +74,7 @@ def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots, tmp_pat
     assert "forced by you, cut by the sampler" in forced.get_attribute("title")
     assert f"id {token_id}" in forced.get_attribute("title")
     assert [p for p, _ in branch] == list(range(original[0][0], original[0][0] + len(branch)))
-    assert page.inner_text("#output .tokout") != original_text
+    assert output_text(page) != original_text
     assert "Branch 1 of 1: forced" in page.inner_text("#branch-bar")
     # the open tab is redrawn after the status says Done (after_generation): wait for it
     page.wait_for_function("() => document.querySelector('#next-token-bars .js-plotly-plot').layout.title.text"
@@ -85,7 +85,7 @@ def test_branch_from_a_cut_token_and_back(browser, app_url, screenshots, tmp_pat
     page.locator('#branch-bar .branch-go[data-branch="0"]').click()
     wait_for_status(page, "Showing", "the original")
     page.wait_for_function("() => !document.querySelector('#output .tok.forced')")
-    assert page.inner_text("#output .tokout") == original_text
+    assert output_text(page) == original_text
     assert page.evaluate(TOKENS) == original
     page.wait_for_function("(p) => { const t = document.querySelector('#next-token-bars .js-plotly-plot').layout.title"
                            ".text; return t.includes(`position ${p}`) && !t.includes('forced'); }", arg=position)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import HANG, LONG_RUN, open_page
+from tests.e2e.conftest import HANG, LONG_RUN, open_page, output_text
 
 PROJECTOR = {"width": 1280, "height": 720}
 # each tab, the element that is its view (it must be on the first screen with the text), and a test in the page that
@@ -219,9 +219,9 @@ def test_a_whole_lesson_on_a_projector(browser, long_runs_app, screenshots):
     stopped = wait_status(page, "Stopped")
     assert n_generated(page) < LONG_RUN, stopped
     assert not page.locator("#generate").is_disabled() and page.locator("#stop").is_disabled()
-    kept = page.inner_text("#output .tokout")
+    kept = output_text(page)
     time.sleep(1)
-    assert page.inner_text("#output .tokout") == kept  # Stop keeps what was shown, and nothing comes after it
+    assert output_text(page) == kept  # Stop keeps what was shown, and nothing comes after it
 
     # a 600-word prompt: every view keeps to the screen
     long_prompt = " ".join(WORDS[i % len(WORDS)] for i in range(600))

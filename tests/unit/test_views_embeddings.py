@@ -91,6 +91,20 @@ def test_labels_are_spaced_so_none_overlap():
     assert spaced_labels(side, ["a much longer label", "b"], [0, 1], 5, spans=(1.0, 1.0)) == [0]
 
 
+def test_a_thinned_cloud_draws_every_nth_point_where_the_whole_one_does(context):
+    """While text streams the cloud is thinned: fewer points, each where the whole cloud draws it (the projection is
+    fitted on the whole sample); the context and the selection are drawn as ever."""
+    lm, ids, _ = context
+    E = lm.decoder.embed.weight
+    whole = embedding_projection_figure(E, ids, lm.tokenizer, N_PROMPT, selected=3)
+    thin = embedding_projection_figure(E, ids, lm.tokenizer, N_PROMPT, selected=3, thin=4)
+    cloud, thinned = _by_name(whole, "vocabulary"), _by_name(thin, "vocabulary")
+    assert list(thinned.customdata) == list(cloud.customdata)[::4]
+    assert np.allclose(thinned.x, cloud.x[::4]) and np.allclose(thinned.y, cloud.y[::4])
+    assert [t.name for t in thin.data[1:]] == [t.name for t in whole.data[1:]]
+    assert all(np.allclose(a.x, b.x) for a, b in zip(thin.data[1:], whole.data[1:]))
+
+
 def test_projection_in_3d_and_with_a_given_background(context):
     lm, ids, _ = context
     E = lm.decoder.embed.weight

@@ -105,6 +105,15 @@ def test_timeline_plots_entropy_and_chosen_probability(runs):
     assert views.timeline_figure([], tok).data == ()
 
 
+def test_a_long_timeline_is_drawn_as_lines_without_a_marker_per_token(runs):
+    """A marker per token is thousands of SVG elements for a long text, redrawn while it streams."""
+    tok, steps, _ = runs
+    assert all(trace.mode == "lines+markers" for trace in views.timeline_figure(steps, tok).data)
+    long = [dataclasses.replace(steps[i % len(steps)], index=i) for i in range(views.TIMELINE_MARKERS + 1)]
+    fig = views.timeline_figure(long, tok)
+    assert [trace.mode for trace in fig.data] == ["lines", "lines"] and len(fig.data[0].x) == len(long)
+
+
 def test_sampler_summary(runs):
     tok, steps, greedy = runs
     step = steps[1]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from explorer.views.output import _TINTS, output_html
+from explorer.views.output import _TINTS, output_html, output_parts
 
 PROMPT = "Write <script>alert(1)</script> as a list:\n"
 
@@ -78,3 +78,41 @@ def test_a_long_output_is_one_compact_span_per_token(embedded_lm):
     steps = [FakeStep(i, (k % 10) / 10, 20 + k) for k, i in enumerate(ids[20:])]
     out = output_html(tokenizer, ids[:20], steps)
     assert len(_spans(out)) == 280 and len(out) < 110 * 300
+
+
+def test_the_two_parts_are_the_whole_text_cut_after_the_settled_tokens(generation):
+    """output_parts: the head is the whole strip up to the settled tokens, the tail the spans after them, which
+    together are output_html's spans; the tail is empty when nothing comes after the settled tokens."""
+    tokenizer, prompt_ids, steps = generation
+    whole = output_html(tokenizer, prompt_ids, steps, selected=steps[7].position)
+    for settled in (0, 5, len(steps)):
+        head, tail = output_parts(tokenizer, prompt_ids, steps, selected=steps[7].position, settled=settled)
+        assert _spans(head) + _spans(tail) == _spans(whole) and len(_spans(head)) == settled
+        assert head.startswith(whole[: whole.index('<span class="tok')])  # styles, key and prompt in the head
+        spans = re.findall(r'<span class="tok.*?</span>(?=<span class="tok|</div>)', whole, flags=re.S)
+        assert tail == ("" if settled == len(steps) else '<div class="tokout">' + "".join(spans[settled:]) + "</div>")
+
+
+def test_the_strips_head_changes_once_per_settled_block_and_is_left_out_while_it_stays(embedded_lm):
+    """A streamed update sends the newest tokens only: the head is the same string for every length within a block
+    of SETTLE tokens, and update() leaves it out when given the head the page already has."""
+    import gradio as gr
+
+    from explorer.session import Session
+    from explorer.ui.output_strip import SETTLE, OutputStrip
+
+    with gr.Blocks():
+        strip = OutputStrip(embedded_lm.tokenizer)
+    steps = list(embedded_lm.generate("Once upon a time", max_new_tokens=SETTLE + 3, seed=0, stop_at_eos=False))
+    s = Session()
+    s.start(embedded_lm.prompt_ids("Once upon a time"), {})
+    heads = []
+    for step in steps:
+        s.add(step)
+        update = strip.update(s)
+        heads.append(update[strip.head])
+        assert strip.update(s, unchanged_head=update[strip.head]) == {strip.tail: update[strip.tail]}
+    assert len(set(heads[: SETTLE - 1])) == 1 and heads[SETTLE - 1] != heads[SETTLE - 2]
+    assert len(set(heads[SETTLE - 1:])) == 1 and len(_spans(heads[-1])) == SETTLE
+    assert len(_spans(strip.update(s, unchanged_head=heads[-2])[strip.tail])) == 3
+    assert len(_spans(strip.html(s))) == SETTLE + 3  # the exported report's strip: whole, in one piece
