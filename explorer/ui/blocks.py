@@ -34,6 +34,9 @@ from model import LanguageModel
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EXAMPLES = json.loads((ASSETS / "prompts.json").read_text())
 RENDER_SHARE = 8
+# the open tab's first refresh after Generate comes this soon (then every limits.refresh_seconds): it showed "Type a
+# prompt and press Generate" for the run's first second otherwise
+FIRST_REFRESH_SECONDS = 0.25
 TITLE = "<h1>LLM Explorer</h1><p>" + t("app.tagline") + "</p>"
 # the tabs' labels by their titles (ids, which links and lessons name, stay English)
 TAB_LABELS = {"Tokens": "tab.tokens", "Embeddings": "tab.embeddings", "Attention": "tab.attention",
@@ -168,7 +171,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             note = f" {request.note}" if request.note else ""  # e.g. a tiny temperature decodes greedily
             if interventions:
                 note += f" Ablated: {'; '.join(map(str, interventions))} (the Probe tab removes it)."
-            yield {state: s, **render_output(s), status: "Generating…" + note, refresher: gr.Timer(active=True),
+            yield {state: s, **render_output(s), status: "Generating…" + note,
+                   refresher: gr.Timer(FIRST_REFRESH_SECONDS, active=True),
                    **running(True)}
             # the model runs on a thread of its own; the browser redraws at most text_hz times a second
             generation = request.start(lm, ids, limits, record=True, should_stop=lambda: s.stopped(run),
@@ -221,7 +225,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                        **running(s.generating)}
                 return
             run = s.run
-            yield {**render_output(s), status: f"Generating {label}…", refresher: gr.Timer(active=True),
+            yield {**render_output(s), status: f"Generating {label}…",
+                   refresher: gr.Timer(FIRST_REFRESH_SECONDS, active=True),
                    **running(True)}
             generation = start_continuation(lm, limits, s.settings, s.ids, len(s.steps), record=True,
                                             should_stop=lambda: s.stopped(run), interventions=s.context_interventions)
@@ -252,7 +257,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             # a render runs on the model thread, between tokens: a tab that takes long to draw refreshes less often,
             # so that renders take at most about 1/RENDER_SHARE of it
             s.next_refresh = start + RENDER_SHARE * (time.monotonic() - start)
-            return update
+            return {**update, refresher: gr.Timer(limits.refresh_seconds)}  # after the run's first, the usual pace
 
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
         everything = [state, *output, status] + tab_outputs
@@ -271,7 +276,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
         branch_event.then(after_generation, [state], tab_outputs + [generate, stop], api_visibility="private",
                           show_progress="hidden")
         # "once": a tick that comes while the last render still runs is dropped, so slow renders thin themselves out
-        refresher.tick(on_tick, [state], tab_outputs, api_visibility="private", show_progress="hidden",
+        refresher.tick(on_tick, [state], tab_outputs + [refresher], api_visibility="private", show_progress="hidden",
                        trigger_mode="once", concurrency_limit=None)
 
         def on_stop(s: Session) -> dict:

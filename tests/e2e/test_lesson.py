@@ -92,7 +92,9 @@ def plot_ready(page, selector: str) -> None:
 def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
     selector, _ = VIEWS[name]
-    if selector.startswith("#token-chips") or selector.startswith("#arch"):
+    if selector.startswith("#token-chips"):  # the text's chips, not the hint shown before there is a text
+        page.wait_for_function("(sel) => document.querySelectorAll(sel + ' .tok').length > 0", arg=selector)
+    elif selector.startswith("#arch"):
         page.wait_for_function("(sel) => document.querySelector(sel).innerText.trim().length > 40", arg=selector)
     else:
         plot_ready(page, selector)
