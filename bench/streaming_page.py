@@ -1,7 +1,8 @@
 """How the page answers while a long generation streams into it, with one tab open at a time: every 2 s, the round
 trip of a trivial script in the page and of an animation frame (what a click waits for before the page reacts),
-and the page's longest task meanwhile (PerformanceObserver "longtask"), reported by how long the text was then.
-Chromium at 1280x720, app and browser on this machine, the end-of-text token not stopping the run.
+and the page's longest task meanwhile (PerformanceObserver "longtask"), reported by how long the text was then;
+at the end, how long a click on Stop takes to be answered ("Stopped" on the status line). Chromium at 1280x720, app
+and browser on this machine, the end-of-text token not stopping the run.
 Run: PYTHONPATH=. .venv/bin/python -m bench.streaming_page [--tabs Embeddings "Next token"] [--seconds 100]"""
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import argparse
 import statistics
 import time
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, running_app
 
 PROMPT = "Once upon a time, in a small village by the sea,"
+STOP_WAIT_MS = 60_000
 BUCKETS = (500, 1000, 1500, 2000, 2500, 4000)  # generated tokens: upper bounds of the rows
 LONG_TASKS = """() => {
     window.__longest = 0;
@@ -34,7 +37,8 @@ def sample(page) -> tuple[int, float, float, float]:
     return n, script, frame, longest
 
 
-def run_tab(browser, url: str, tab: str, seconds: float) -> list[tuple[int, float, float, float]]:
+def run_tab(browser, url: str, tab: str, seconds: float) -> tuple[list[tuple[int, float, float, float]], str]:
+    """The samples, and how long Stop took to be answered."""
     context = browser.new_context(viewport={"width": 1280, "height": 720})
     page = context.new_page()
     page.goto(url)
@@ -51,9 +55,16 @@ def run_tab(browser, url: str, tab: str, seconds: float) -> list[tuple[int, floa
     while time.monotonic() < end:
         time.sleep(2)
         samples.append(sample(page))
-    page.click("#stop")
+    start = time.perf_counter()
+    try:
+        page.click("#stop", timeout=STOP_WAIT_MS)
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('Stopped')",
+                               timeout=max(STOP_WAIT_MS - (time.perf_counter() - start) * 1000, 1))
+        stop = f"{time.perf_counter() - start:.2f} s"
+    except PlaywrightTimeout:
+        stop = f"not answered in {STOP_WAIT_MS / 1000:.0f} s"
     context.close()
-    return samples
+    return samples, stop
 
 
 def main() -> None:
@@ -67,7 +78,7 @@ def main() -> None:
         print(f"{'tab':<14}{'tokens':>12}{'samples':>9}{'script ms (median / max)':>28}"
               f"{'frame ms (median / max)':>26}{'longest task ms':>17}")
         for tab in args.tabs:
-            samples = run_tab(browser, url, tab, args.seconds)
+            samples, stop = run_tab(browser, url, tab, args.seconds)
             low = 0
             for high in BUCKETS:
                 rows = [s for s in samples if low < s[0] <= high]
@@ -78,6 +89,7 @@ def main() -> None:
                           f"{f'{statistics.median(frames):.0f} / {max(frames):.0f}':>26}"
                           f"{max(r[3] for r in rows):>17.0f}")
                 low = high
+            print(f"{tab:<14}Stop at {samples[-1][0] if samples else 0} tokens: {stop}")
         browser.close()
 
 
