@@ -127,7 +127,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 share.panel()
             with gr.Column(scale=1, elem_id="views"):
                 strip = OutputStrip(tok)
-                render_output, output = strip.update, strip.components
+                render_output, text_outputs = strip.update, strip.components
                 # clicks on tokens (assets/explorer.js) press this hidden button; its event reads the position
                 select_token = gr.Button("select", elem_id="select-token")
                 # likewise a click on a candidate of the Next token tab (force it: a branch) and on the branches' bar
@@ -260,16 +260,16 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
             return {**update, refresher: gr.Timer(limits.refresh_seconds)}  # after the run's first, the usual pace
 
         tab_outputs = [c for t in tabs.values() for c in t.outputs]
-        everything = [state, *output, status] + tab_outputs
+        everything = [state, *text_outputs, status] + tab_outputs
         gen_event = generate.click(on_generate, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
                                                  stop_at_eos, state],
-                                   [state, *output, status, refresher, generate, stop],
+                                   [state, *text_outputs, status, refresher, generate, stop],
                                    api_visibility="private", show_progress="hidden",
                                    concurrency_limit=limits.max_concurrent, concurrency_id="generate")
         gen_event.then(after_generation, [state], tab_outputs + [generate, stop], api_visibility="private",
                        show_progress="hidden")
         pick = gr.Textbox(visible=False)
-        branch_event = branch_token.click(on_branch, [pick, state], [*output, status, refresher, generate, stop],
+        branch_event = branch_token.click(on_branch, [pick, state], [*text_outputs, status, refresher, generate, stop],
                                           api_visibility="private", show_progress="hidden",
                                           concurrency_limit=limits.max_concurrent, concurrency_id="generate",
                                           js="(pick, s) => [window.__explorerFork ?? '', s]")
@@ -299,7 +299,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                 values[status] = message + (f" · branch {s.tree.current}" if s.tree.current else "")
             return values
 
-        stop.click(on_stop, [state], [*output, status, refresher, generate, stop], cancels=[gen_event],
+        stop.click(on_stop, [state], [*text_outputs, status, refresher, generate, stop], cancels=[gen_event],
                    api_visibility="private", show_progress="hidden", queue=False).then(
             after_stop, [state], tab_outputs + [generate, stop, status], api_visibility="private",
             show_progress="hidden")
@@ -329,7 +329,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
 
         branch_number = gr.Number(visible=False)
         switch_branch.click(on_switch, [branch_number, state],
-                            [*output, status, refresher, generate, stop, *tab_outputs], api_visibility="private",
+                            [*text_outputs, status, refresher, generate, stop, *tab_outputs], api_visibility="private",
                             js="(number, s) => [window.__explorerBranch ?? null, s]", **on_views)
 
         for title, tab in tabs.items():
@@ -346,8 +346,8 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                     return {**text, **render_tab(s, tab)}  # this control's tab, open or not
 
                 # always_last: a textbox typed into while a render runs still ends on what was typed
-                control.input(on_control, [state, *tab.controls], [*output, *tab.outputs], api_visibility="private",
-                              trigger_mode="always_last", show_progress="hidden")
+                control.input(on_control, [state, *tab.controls], [*text_outputs, *tab.outputs],
+                              api_visibility="private", trigger_mode="always_last", show_progress="hidden")
 
         def on_example(picked: gr.SelectData) -> tuple[str, bool, Any]:
             # only an option picked from the open menu lands here (focus, blur and Tab do not select), and the
@@ -369,7 +369,7 @@ def build_app(lm: LanguageModel, limits: Limits = Limits()) -> gr.Blocks:
                             show_progress="hidden")
 
         lessons.wire(state, tab_set, tabs, [prompt, chat, max_new, temperature, top_k, top_p, seed, greedy,
-                     stop_at_eos], on_generate, [state, *output, status, refresher, generate, stop], render_tab,
+                     stop_at_eos], on_generate, [state, *text_outputs, status, refresher, generate, stop], render_tab,
                      strip, running)
         greedy.change(on_greedy, [greedy], [temperature, top_k, top_p], api_visibility="private", queue=False)
         gr.api(api_generate(lm, limits), api_name="generate", concurrency_limit=limits.max_concurrent,

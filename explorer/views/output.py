@@ -1,6 +1,7 @@
 """The output strip: the prompt, muted, then the generated text, each token tinted by the probability it had when
 it was chosen, a forced token marked; above it, once there are branches, a bar that names the current one and
-switches between them. Re-rendered on every new token, so it stays small: one span per generated token."""
+switches between them. One span per generated token; in two parts, so that a streamed update sends only the newest
+tokens (explorer/ui/output_strip.py)."""
 from __future__ import annotations
 
 from typing import Protocol, Sequence
@@ -94,9 +95,12 @@ def output_parts(
     bar: str = "",
     settled: int | None = None,
 ) -> tuple[str, str]:
-    """output_html in two parts: the head (styles, `bar`, key, prompt and the first `settled` generated tokens, all
-    of them when None) and the tail (the tokens after those, in a .tokout of its own; "" when there are none). The
-    page shows them one after the other in one box, where the text flows on from one to the other."""
+    """The strip's HTML in two parts. The head: the styles, `bar` (the branches' bar), the key, the prompt as plain
+    muted text and the first `settled` generated tokens (all of them when None). The tail: the tokens after those, in
+    a .tokout of its own ("" when there are none); the page shows the two in one box, where the text flows on from
+    one to the other. Each generated token is a `<span class="tok" data-pos=...>` whose background is the probability
+    it had when chosen (step.prob); a token that holds only part of a character shows ⋯ until the token that
+    completes it; a forced token (ForcedStep) has the class "forced"."""
     stream = tokenizer.text_stream()
     prompt_text = "".join(stream.push(i) for i in prompt_ids)
     head = [_CSS, bar, '<div class="tokout">', _KEY]
@@ -124,18 +128,3 @@ def output_parts(
     settled = len(spans) if settled is None else max(0, min(settled, len(spans)))
     tail = f'<div class="tokout">{"".join(spans[settled:])}</div>' if settled < len(spans) else ""
     return "".join(head + spans[:settled] + ["</div>"]), tail
-
-
-def output_html(
-    tokenizer: Tokenizer,
-    prompt_ids: Sequence[int],
-    steps_like: Sequence[StepLike],
-    selected: int | None = None,
-    show_prompt: bool = True,
-    bar: str = "",
-) -> str:
-    """The prompt as plain muted text, then one `<span class="tok" data-pos=...>` per generated token whose
-    background is the probability it had when chosen (step.prob); a token that holds only part of a character
-    shows ⋯ until the token that completes it; a forced token (ForcedStep) has the class "forced". `bar` (the
-    branches' bar) goes above the text."""
-    return output_parts(tokenizer, prompt_ids, steps_like, selected, show_prompt, bar)[0]

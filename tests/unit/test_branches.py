@@ -156,7 +156,7 @@ def test_a_tree_starts_with_the_original_alone():
 
 def test_the_text_marks_the_forced_token_and_the_bar_names_the_branch(embedded_lm, session):
     from explorer.views import style
-    from explorer.views.output import branch_bar_html, output_html
+    from explorer.views.output import branch_bar_html, output_parts
 
     tok, s = embedded_lm.tokenizer, session
     assert branch_bar_html(tok, s.tree.branches, 0, s.n_prompt) == ""  # the original alone: no bar
@@ -164,7 +164,7 @@ def test_the_text_marks_the_forced_token_and_the_bar_names_the_branch(embedded_l
     for st in continuation(3, [9, 7]):
         s.add(st)
     bar = branch_bar_html(tok, s.tree.branches, s.tree.current, s.n_prompt)
-    html = output_html(tok, s.prompt_ids, s.steps, bar=bar)
+    html = output_parts(tok, s.prompt_ids, s.steps, bar=bar)[0]
     forced = [int(p) for p in re.findall(r'class="tok[^"]* forced" data-pos="(\d+)"', html)]
     assert forced == [N_PROMPT + 2] and html.count("forced by you, cut by the sampler") == 1
     word = style.token_label(tok.decode([10]), max_len=16)
@@ -173,7 +173,7 @@ def test_the_text_marks_the_forced_token_and_the_bar_names_the_branch(embedded_l
     assert bar.count('class="branch-go') == 2
     assert 'class="branch-go cur" role="button" tabindex="0" data-branch="1"' in bar
     s.switch_branch(0)
-    original = output_html(tok, s.prompt_ids, s.steps)
+    original = output_parts(tok, s.prompt_ids, s.steps)[0]
     assert "forced" not in original.split("</style>")[1]
 
 

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from explorer.views.output import _TINTS, output_html, output_parts
+from explorer.views.output import _TINTS, output_parts
+
+def output_html(*args, **kwargs) -> str:
+    """The whole strip in one piece: its head, with every generated token settled."""
+    return output_parts(*args, **kwargs)[0]
+
 
 PROMPT = "Write <script>alert(1)</script> as a list:\n"
 
